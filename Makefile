@@ -1,0 +1,69 @@
+# contrastlab — every target sets itself up on a fresh machine (virtual environment, pinned install, export).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PRESET ?= ci
+export NUMBA_CACHE_DIR := $(CURDIR)/.cache/numba
+export MPLCONFIGDIR    := $(CURDIR)/.cache/matplotlib
+export HF_HUB_OFFLINE  := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup export run test unit nbtest lab docs readme bench gpu-test clean browser
+
+# --- set-up -------------------------------------------------------------------------------------------
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q torch==2.13.0          # the CPU build first, so nothing pulls a CUDA build
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	mkdir -p $(VENV)/share/jupyter/lab/settings
+	echo '{"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}}' \
+	  > $(VENV)/share/jupyter/lab/settings/overrides.json
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+export: setup
+	$(BIN)/nbdev-export
+
+# Chromium (Debian) for the headless browser check of the docs site; Playwright drives it, no browser download.
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+# --- the two commands ---------------------------------------------------------------------------------
+run: export
+	@stamp=$$(date +%Y%m%d-%H%M%S); out=runs/$$stamp; \
+	$(BIN)/contrastlab run --preset $(PRESET) --out $$out; rc=$$?; \
+	$(BIN)/python tools/build_docs.py $$out || rc=1; \
+	echo "run folder: $$out   docs: _docs/index.html"; exit $$rc
+
+test: export browser
+	$(BIN)/python -m pytest tests -v -p no:cacheprovider
+
+# --- the rest -----------------------------------------------------------------------------------------
+unit: export
+	$(BIN)/python -m pytest tests -v -m "not notebooks"
+
+lab: export
+	CONTRASTLAB_PLAIN= $(BIN)/jupyter lab --notebook-dir nbs
+
+docs: export
+	$(BIN)/contrastlab run --preset ci --out _build/docs_run; $(BIN)/python tools/build_docs.py _build/docs_run
+
+readme: export
+	$(BIN)/nbdev-proc-nbs --file-re 'index\.ipynb$$' >/dev/null
+	$(BIN)/jupyter nbconvert --to markdown _proc/index.ipynb --output-dir . --output README --TemplateExporter.exclude_raw=True
+	$(BIN)/python -c "import pathlib; p = pathlib.Path('README.md'); t = p.read_text().split(chr(10), 1); p.write_text(t[0] + chr(10) + chr(10) + '# contrastlab' + chr(10) + chr(10) + '> A notebook-first lab for contrastive representation learning: every method real, trained, measured and drawn.' + chr(10) + t[1])"
+
+bench: export
+	$(BIN)/python bench/bench_losses.py
+
+gpu-test: export
+	@$(BIN)/python -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 'gpu-test needs a CUDA GPU (torch.cuda.is_available() is False)')"
+	$(BIN)/contrastlab run --preset full -p device cuda --out runs/gpu-$$(date +%Y%m%d-%H%M%S)
+
+clean:
+	rm -rf _proc _build _docs runs results .pytest_cache

@@ -1,0 +1,141 @@
+"Loss core: values and gradients against a direct float64 reference, hand-worked cases, numerics, errors."
+import math, warnings
+import pytest, torch
+import torch.nn.functional as F
+from contrastlab.losses import (contrastive_loss, info_nce, dcl, sup_con, cross_view_nce, two_view_index,
+                                label_positive_mask, InfoNCELoss, SupConLoss, CLIPLoss)
+
+def ref_loss(z, pos, tau, decoupled=False, neg_w=None):
+    "Slow, obvious float64 formula: explicit exponentials and one ratio per positive."
+    z = F.normalize(z.double(), dim=1); e = torch.exp(z @ z.T / tau); n = len(z)
+    rows = []
+    for i in range(n):
+        ps = [p for p in range(n) if pos[i, p]]
+        den = sum((1.0 if (neg_w is None or pos[i, a]) else neg_w[i, a]) * e[i, a]
+                  for a in range(n) if a != i and not (decoupled and pos[i, a]))
+        rows.append(-sum(torch.log(e[i, p] / den) for p in ps) / len(ps))
+    return torch.stack(rows).mean()
+
+def pair_mask(b):
+    m = torch.zeros(2 * b, 2 * b, dtype=torch.bool); m[torch.arange(2 * b), two_view_index(b)] = True; return m
+
+@pytest.mark.parametrize("b,d,tau", [(1, 3, 0.5), (4, 8, 0.1), (16, 5, 0.07), (7, 32, 1.0)])
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_info_nce_matches_reference(b, d, tau, decoupled):
+    if b == 1 and decoupled: pytest.skip("DCL with one pair has no negatives")
+    g = torch.Generator().manual_seed(b * 100 + d)
+    z1 = torch.randn(b, d, dtype=torch.float64, generator=g, requires_grad=True)
+    z2 = torch.randn(b, d, dtype=torch.float64, generator=g, requires_grad=True)
+    ours = info_nce(z1, z2, tau, decoupled=decoupled); ref = ref_loss(torch.cat([z1, z2]), pair_mask(b), tau, decoupled)
+    assert abs(ours.item() - ref.item()) <= 1e-6 * max(1, abs(ref.item()))
+    for a, r in zip(torch.autograd.grad(ours, (z1, z2)), torch.autograd.grad(ref, (z1, z2))):
+        torch.testing.assert_close(a, r, rtol=1e-6, atol=1e-9)
+
+def test_sup_con_matches_reference():
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(20, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    y = torch.randint(0, 4, (20,), generator=g)
+    ours, ref = sup_con(z, y, 0.2, missing="skip"), None
+    has = label_positive_mask(y).any(1)
+    # the reference over anchors with positives only (skip semantics)
+    zn = z; mask = label_positive_mask(y)
+    full = []
+    e = torch.exp(F.normalize(zn, dim=1) @ F.normalize(zn, dim=1).T / 0.2)
+    for i in range(20):
+        if not has[i]: continue
+        ps = mask[i].nonzero().flatten().tolist(); den = sum(e[i, a] for a in range(20) if a != i)
+        full.append(-sum(torch.log(e[i, p] / den) for p in ps) / len(ps))
+    ref = torch.stack(full).mean()
+    assert abs(ours.item() - ref.item()) < 1e-6
+    torch.testing.assert_close(torch.autograd.grad(ours, z)[0], torch.autograd.grad(ref, z)[0], rtol=1e-6, atol=1e-9)
+
+def test_negative_weights_match_reference():
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(8, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    pos = pair_mask(4); w = torch.rand(8, 8, dtype=torch.float64, generator=g)
+    zn = F.normalize(z, dim=1); sim = zn @ zn.T
+    ours = contrastive_loss(sim, pos, 0.3, exclude="diagonal", neg_weight=w)
+    ref = ref_loss(z, pos, 0.3, neg_w=w)
+    assert abs(ours.item() - ref.item()) < 1e-6
+    torch.testing.assert_close(torch.autograd.grad(ours, z)[0], torch.autograd.grad(ref, z)[0], rtol=1e-6, atol=1e-9)
+
+def test_hand_worked_cases():
+    sim = torch.tensor([[1.0, 0.0, 0.0]])
+    assert math.isclose(contrastive_loss(sim, torch.tensor([0])).item(), math.log(1 + 2 / math.e), rel_tol=1e-6)
+    assert math.isclose(contrastive_loss(sim, torch.tensor([0]), decoupled=True).item(), math.log(2) - 1, rel_tol=1e-6)
+    # two identical pairs, orthogonal to each other, τ = 1: each anchor sees e^1 vs two e^0 → log(1 + 2/e)
+    z1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]]); assert math.isclose(info_nce(z1, z1, 1.0).item(), math.log(1 + 2 / math.e), rel_tol=1e-6)
+    # soft targets: half on each of two equal candidates with a third → -log(1/3)
+    t = torch.tensor([[0.5, 0.5, 0.0]]); assert math.isclose(contrastive_loss(torch.zeros(1, 3), t).item(), math.log(3), rel_tol=1e-6)
+    # label smoothing over valid entries: uniform logits make every target give log 3
+    assert math.isclose(contrastive_loss(torch.zeros(1, 3), torch.tensor([0]), label_smoothing=0.2).item(), math.log(3), rel_tol=1e-6)
+
+def test_index_and_mask_paths_agree():
+    g = torch.Generator().manual_seed(0)
+    sim = torch.randn(10, 10, generator=g, dtype=torch.float64)
+    idx = two_view_index(5)
+    a = contrastive_loss(sim, idx, 0.2, exclude="diagonal")
+    m = torch.zeros(10, 10, dtype=torch.bool); m[torch.arange(10), idx] = True
+    b = contrastive_loss(sim, m, 0.2, exclude="diagonal")
+    assert abs(a.item() - b.item()) < 1e-12
+
+@pytest.mark.parametrize("tau", [1e-3, 2e-4])
+def test_low_temperature_float32_accuracy(tau):
+    torch.manual_seed(1)
+    a = torch.randn(256, 128); b = a + 3.5 * torch.randn(256, 128)       # hard views, cos ≈ 0.27
+    f64 = info_nce(a.double(), b.double(), tau).item(); f32 = info_nce(a, b, tau).item()
+    assert math.isfinite(f32) and abs(f32 - f64) / abs(f64) < 1e-5
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("tau", [0.1, 1e-3])
+def test_half_precision_inputs(dtype, tau):
+    torch.manual_seed(2)
+    a = torch.randn(128, 64); b = a + 3.5 * torch.randn(128, 64)     # hard views: the loss stays far from 0
+    ah, bh = a.to(dtype).requires_grad_(), b.to(dtype)
+    h = info_nce(ah, bh, tau); f = info_nce(a, b, tau)
+    assert h.dtype == torch.float32 and abs(h.item() - f.item()) / abs(f.item()) < 1e-2
+    h.backward(); assert ah.grad.dtype == dtype and torch.isfinite(ah.grad.float()).all()
+    sc = sup_con(torch.cat([a, b]).to(dtype), torch.arange(256) % 8, tau)
+    assert abs(sc.item() - sup_con(torch.cat([a, b]), torch.arange(256) % 8, tau).item()) / sc.item() < 1e-2
+
+@pytest.mark.parametrize("call,msg", [
+    (lambda: info_nce(torch.randn(4), torch.randn(4)), "must have 2 dimensions"),
+    (lambda: info_nce(torch.randn(4, 3), torch.randn(5, 3)), "same shape"),
+    (lambda: info_nce(torch.randn(4, 3), torch.randn(4, 2)), "same shape"),
+    (lambda: info_nce(torch.randn(4, 3), torch.randn(4, 3), 0.0), "temperature must be > 0"),
+    (lambda: info_nce(torch.randn(4, 3), torch.randn(4, 3), -1.0), "temperature must be > 0"),
+    (lambda: info_nce(torch.randn(4, 3), torch.randn(4, 3), float("nan")), "temperature must be finite"),
+    (lambda: info_nce(torch.full((4, 3), float("nan")), torch.randn(4, 3)), "non-finite"),
+    (lambda: info_nce(torch.tensor([[float("inf"), 0.0]]), torch.randn(1, 2)), "non-finite"),
+    (lambda: info_nce(torch.randn(0, 3), torch.randn(0, 3)), "empty batch"),
+    (lambda: sup_con(torch.randn(6, 3), torch.arange(5)), "labels must have length 6"),
+    (lambda: sup_con(torch.randn(6, 3), torch.arange(6).float()), "integer tensor"),
+    (lambda: sup_con(torch.randn(6, 3), torch.arange(6).view(2, 3)), "labels must have 1 dimensions"),
+    (lambda: sup_con(torch.randn(4, 3), torch.tensor([0, 0, 1, 2])), "2 of 4 anchors have no positive"),
+    (lambda: info_nce(torch.randn(4, 3, dtype=torch.float64).long(), torch.randn(4, 3)), "floating-point"),
+])
+def test_clear_errors(call, msg):
+    with pytest.raises((ValueError, TypeError), match=msg): call()
+
+def test_missing_positives_skip_is_reported():
+    z, y = torch.randn(4, 3), torch.tensor([0, 0, 1, 2])
+    stats = {}
+    with pytest.warns(UserWarning, match="2 of 4 anchors have no positive"):
+        loss = sup_con(z, y, missing="skip", stats=stats)
+    assert torch.isfinite(loss) and stats == {"n_anchors": 4, "n_missing": 2}
+    with pytest.raises(ValueError, match="all of them"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore"); sup_con(z[2:], y[2:], missing="skip")
+    mod = SupConLoss(missing="skip")
+    with pytest.warns(UserWarning): mod(z, y)
+    assert mod.last_stats["n_missing"] == 2
+
+def test_modules_and_clip():
+    z1, z2 = torch.randn(8, 4), torch.randn(8, 4)
+    assert torch.allclose(InfoNCELoss(0.2)(z1, z2), info_nce(z1, z2, 0.2))
+    assert torch.allclose(dcl(z1, z2, 0.2), info_nce(z1, z2, 0.2, decoupled=True))
+    clip = CLIPLoss(); clip.log_scale.data.fill_(10.0)
+    assert clip.scale.item() == 100.0                     # clamped
+    loss = clip(z1, z2); loss.backward(); assert torch.isfinite(loss)
+    one = cross_view_nce(z1, z2, 0.1, symmetric=False)
+    assert torch.allclose(one, F.cross_entropy(F.normalize(z1) @ F.normalize(z2).T / 0.1, torch.arange(8)), atol=1e-6)

@@ -1,0 +1,42 @@
+"The papermill runner and CLI: parameter checking, failure reports that name notebook and cell, results."
+import json, os, subprocess, sys
+from pathlib import Path
+import nbformat, pytest
+from contrastlab.runner import run_notebook, NotebookFailed, main, save_results, results_table
+
+def _nb(path, cells, params="preset = 'full'\nx = 1"):
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell(params); p.metadata["tags"] = ["parameters"]
+    nb.cells = [p] + [nbformat.v4.new_code_cell(c) for c in cells]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "python3", "language": "python"}
+    nbformat.write(nb, path); return path
+
+def test_unknown_parameter_is_an_error(tmp_path):
+    nb = _nb(tmp_path / "ok.ipynb", ["y = x + 1"])
+    with pytest.raises(ValueError, match=r"has no parameter\(s\) \['typo'\]"):
+        run_notebook(nb, tmp_path / "out", params={"typo": 3})
+
+def test_failure_names_notebook_and_cell(tmp_path):
+    nb = _nb(tmp_path / "bad.ipynb", ["y = x + 1", "raise RuntimeError('boom at cell two')"])
+    with pytest.raises(NotebookFailed) as e: run_notebook(nb, tmp_path / "out")
+    msg = str(e.value)
+    assert "bad.ipynb" in msg and "boom at cell two" in msg and "RuntimeError" in msg and "raise RuntimeError" in msg
+
+def test_cli_exit_codes_and_table(tmp_path, capsys):
+    ok = _nb(tmp_path / "ok.ipynb", ["from contrastlab.runner import save_results",
+                                     "save_results('demo', {'acc': 0.5 + x / 10}, preset=preset, seed=0)"])
+    bad = _nb(tmp_path / "bad.ipynb", ["assert x == 2, 'x must be 2'"])
+    assert main(["run", str(ok), "--preset", "ci", "-p", "x", "3", "--out", str(tmp_path / "r1")]) == 0
+    out = capsys.readouterr().out
+    assert "demo [ci" in out and "0.8" in out
+    assert main(["run", str(ok), str(bad), "--out", str(tmp_path / "r2")]) == 1
+    err = capsys.readouterr().err
+    assert "bad.ipynb" in err and "x must be 2" in err
+    assert main(["run", str(ok), "-p", "nosuch", "1", "--out", str(tmp_path / "r3")]) == 2
+
+def test_save_results_records_provenance(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONTRASTLAB_RESULTS", str(tmp_path))
+    p = save_results("x", {"a": 1.0}, preset="full", seed=3)
+    rec = json.loads(p.read_text())
+    assert rec["preset"] == "full" and rec["seed"] == 3 and "torch" in rec["versions"] and rec["wall_time_s"] >= 0
+    with pytest.raises(ValueError, match="non-empty dict"): save_results("x", {}, preset="ci", seed=0)

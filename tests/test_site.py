@@ -1,0 +1,43 @@
+"The docs site: built offline from the executed notebooks, opened from disk in headless Chromium with no network."
+import shutil, subprocess, sys
+from pathlib import Path
+import pytest
+from conftest import CI_RUN, ROOT
+from contrastlab.runner import run_notebook
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    for rel in ("index.ipynb", "methods/simclr.ipynb"):      # normally already executed by test_notebooks
+        if not (CI_RUN / rel).exists(): run_notebook(ROOT / "nbs" / rel, (CI_RUN / rel).parent, preset="ci")
+    out = tmp_path_factory.mktemp("site") / "_docs"
+    subprocess.run([sys.executable, str(ROOT / "tools" / "build_docs.py"), str(CI_RUN), "--out", str(out)], check=True, cwd=ROOT)
+    return out
+
+def test_site_pages_exist(site):
+    for page in ("index.html", "losses.html", "metrics.html", "viz.html", "methods/simclr.html"):
+        assert (site / page).exists(), page
+    html = (site / "losses.html").read_text()
+    assert "contrastive_loss" in html and "info_nce" in html          # show_doc output rendered
+
+@pytest.mark.notebooks
+def test_simclr_page_draws_plotly_offline(site):
+    chromium = shutil.which("chromium")
+    if chromium is None: pytest.fail("chromium is not installed; `make test` installs it (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                          "--disable-component-update", "--disable-sync", "--no-first-run"])
+        ctx = browser.new_context(offline=True)
+        requests = []
+        page = ctx.new_page(); page.on("request", lambda r: requests.append(r.url))
+        page.goto((site / "methods" / "simclr.html").as_uri())
+        page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
+        n_plots = page.locator(".js-plotly-plot").count()
+        n_points = page.locator(".js-plotly-plot .scatterlayer .point").count()
+        browser.close()
+    # fonts, KaTeX and plotly's optional MathJax are asked for (and fail) offline; plotly.js itself must be inline
+    plotly_remote = [u for u in requests if u.startswith("http") and "plotly" in u]
+    assert not plotly_remote, f"plotly.js came from the network: {plotly_remote[:3]}"
+    assert n_plots >= 5, f"only {n_plots} plotly figures drew"
+    assert n_points > 10, f"the alignment–uniformity plane drew {n_points} SVG points"
