@@ -58,8 +58,11 @@ readme: export
 	$(BIN)/jupyter nbconvert --to markdown _proc/index.ipynb --output-dir . --output README --TemplateExporter.exclude_raw=True
 	$(BIN)/python -c "import pathlib; p = pathlib.Path('README.md'); t = p.read_text().split(chr(10), 1); p.write_text(t[0] + chr(10) + chr(10) + '# contrastlab' + chr(10) + chr(10) + '> A notebook-first lab for contrastive representation learning: every method real, trained, measured and drawn.' + chr(10) + t[1])"
 
+# Peers are bench-only: installed --no-deps (lightly would pull torchvision and a CUDA torch), pinned in bench/requirements.txt.
 bench: export
+	$(BIN)/pip install -q --no-deps -r bench/requirements.txt
 	$(BIN)/python bench/bench_losses.py
+	@if [ -f bench/bench_ot.py ]; then $(BIN)/python bench/bench_ot.py; fi
 
 gpu-test: export
 	@$(BIN)/python -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 'gpu-test needs a CUDA GPU (torch.cuda.is_available() is False)')"

@@ -13,14 +13,16 @@ import torch.nn.functional as F
 from .core import check_tensor, check_positive, check_choice
 
 # %% auto #0
-__all__ = ['contrastive_loss', 'normalize', 'two_view_index', 'label_positive_mask', 'info_nce', 'dcl', 'sup_con',
-           'cross_view_nce', 'InfoNCELoss', 'SupConLoss', 'CLIPLoss']
+__all__ = ['CHUNK_AUTO_ROWS', 'CHUNK_SIZE', 'CHUNK_SIZE_ACCEL', 'contrastive_loss', 'normalize', 'two_view_index',
+           'label_positive_mask', 'info_nce', 'dcl', 'sup_con', 'cross_view_nce', 'InfoNCELoss', 'SupConLoss',
+           'CLIPLoss']
 
 # %% ../nbs/losses.ipynb #c005
-def _as_logits(sim: torch.Tensor, temperature: float) -> torch.Tensor:
-    "Float32 (or float64) logits `sim / temperature`, as a fresh tensor that may be modified in place."
+def _as_logits(sim: torch.Tensor, temperature: float, inplace: bool = False) -> torch.Tensor:
+    "Float32 (or float64) logits `sim / temperature`, as a tensor that may be modified in place."
     work = sim if sim.dtype in (torch.float32, torch.float64) else sim.float()
-    return work / temperature if temperature != 1.0 else work.clone()
+    if temperature != 1.0: return work / temperature
+    return work if (inplace or work is not sim) else work.clone()
 
 def _exclude(logits: torch.Tensor, exclude) -> torch.Tensor:
     "Set excluded entries (`'diagonal'` or a boolean mask) to -inf."
@@ -72,12 +74,14 @@ def _reduce(per_row: torch.Tensor, has_pos: torch.Tensor | None, reduction: str,
 def contrastive_loss(sim: torch.Tensor, positives: torch.Tensor, temperature: float = 1.0, *,
                      exclude=None, neg_weight: torch.Tensor | None = None, decoupled: bool = False,
                      label_smoothing: float = 0.0, normalize_targets: bool = True,
-                     reduction: str = "mean", missing: str = "raise", stats: dict | None = None) -> torch.Tensor:
+                     reduction: str = "mean", missing: str = "raise", stats: dict | None = None,
+                     inplace: bool = False) -> torch.Tensor:
     """The general contrastive objective over a similarity matrix `sim` (anchors × candidates).
 
     `positives`: a LongTensor of one column per anchor (-1 = none), a bool mask, or float target weights.
     `exclude`: `'diagonal'` or a bool mask of entries removed from numerator and denominator.
-    `neg_weight`: non-negative weights multiplying the denominator's non-positive entries."""
+    `neg_weight`: non-negative weights multiplying the denominator's non-positive entries.
+    `inplace=True` lets the loss write into `sim` (saves one N×M copy when the caller owns it)."""
     check_tensor(sim, "sim", ndim=2, floating=True)
     n, m = sim.shape
     if n == 0 or m == 0: raise ValueError(f"sim must be non-empty, got shape {(n, m)}")
@@ -88,7 +92,7 @@ def contrastive_loss(sim: torch.Tensor, positives: torch.Tensor, temperature: fl
     if ls >= 1: raise ValueError(f"label_smoothing must be in [0, 1), got {ls}")
     if decoupled and ls: raise ValueError("label_smoothing is not defined for the decoupled loss")
     kind = _validate_positives(positives, n, m)
-    logits = _exclude(_as_logits(sim, temperature), exclude)
+    logits = _exclude(_as_logits(sim, temperature, inplace), exclude)
     if kind == "index" and neg_weight is None and not ls:
         return _index_loss(logits, positives, decoupled, reduction, missing, stats)
     if kind == "index":
@@ -182,22 +186,103 @@ def label_positive_mask(labels: torch.Tensor, exclude_self: bool = True) -> torc
     if exclude_self: mask.fill_diagonal_(False)
     return mask
 
-# %% ../nbs/losses.ipynb #c020
+# %% ../nbs/losses.ipynb #c021
+CHUNK_AUTO_ROWS = 2048      # N = 2B rows from which info_nce(chunk="auto") takes the chunked path
+CHUNK_SIZE = {"cpu": 512}   # default block size per device type (cache-sized blocks on the CPU) ...
+CHUNK_SIZE_ACCEL = 4096     # ... and on accelerators, where bigger blocks keep the device busy
+
+def _block_masks(pos, rows, cols, decoupled):
+    "Entries of block (rows × cols) that leave the denominator: self, and the positive when decoupled."
+    r = torch.arange(rows.start, rows.stop, device=pos.device).unsqueeze(1)
+    c = torch.arange(cols.start, cols.stop, device=pos.device).unsqueeze(0)
+    m = r == c
+    if decoupled: m = m | (pos[rows].unsqueeze(1) == c) | (pos[cols].unsqueeze(0) == r)
+    return m
+
+def _stream_lse(z, inv_tau, pos, chunk, decoupled):
+    "Pass 1: exact row log-sum-exp of the masked S = z zᵀ · inv_tau, from the upper-triangular blocks only."
+    n = z.shape[0]
+    m = torch.full((n,), float("-inf"), dtype=z.dtype, device=z.device); s = torch.zeros_like(m)
+    def add(rows, block):
+        bm = block.amax(1)
+        new = torch.maximum(m[rows], bm)
+        safe = torch.where(torch.isinf(new), torch.zeros_like(new), new)
+        s[rows] = s[rows] * torch.exp(m[rows] - safe) + torch.exp(block - safe.unsqueeze(1)).sum(1)
+        m[rows] = new
+    for i in range(0, n, chunk):
+        ri = slice(i, min(i + chunk, n))
+        for j in range(i, n, chunk):
+            cj = slice(j, min(j + chunk, n))
+            blk = (z[ri] @ z[cj].T) * inv_tau
+            blk = blk.masked_fill(_block_masks(pos, ri, cj, decoupled), float("-inf"))
+            add(ri, blk)
+            if j != i: add(cj, blk.T)
+    return m + torch.log(s)
+
+# %% ../nbs/losses.ipynb #c022
+class _ChunkedNTXent(torch.autograd.Function):
+    "NT-Xent over normalised rows `z` (N, D) with positive index `pos`, in c×c blocks; gradient formed in the forward."
+    @staticmethod
+    def forward(ctx, z, pos, inv_tau, chunk, decoupled):
+        n = z.shape[0]
+        with torch.no_grad():
+            lse = _stream_lse(z, inv_tau, pos, chunk, decoupled)
+            pos_logit = (z * z[pos]).sum(1) * inv_tau
+            loss = (lse - pos_logit).mean()
+            grad = torch.zeros_like(z)
+            for i in range(0, n, chunk):
+                ri = slice(i, min(i + chunk, n))
+                for j in range(i, n, chunk):
+                    cj = slice(j, min(j + chunk, n))
+                    blk = (z[ri] @ z[cj].T) * inv_tau
+                    mask = _block_masks(pos, ri, cj, decoupled)
+                    p_row = torch.exp(blk - lse[ri].unsqueeze(1)).masked_fill(mask, 0.0)       # P_ij, i in ri
+                    if j == i:
+                        grad[ri] += (p_row + p_row.T) @ z[ri]
+                    else:
+                        g = p_row + torch.exp(blk - lse[cj].unsqueeze(0)).masked_fill(mask, 0.0)   # + P_ji
+                        grad[ri] += g @ z[cj]; grad[cj] += g.T @ z[ri]
+            grad.index_add_(0, torch.arange(n, device=z.device), -z[pos])      # d(−s_{i,p(i)}) / d z_i
+            grad.index_add_(0, pos, -z)                                          # ... / d z_{p(i)}
+            grad *= inv_tau / n
+        ctx.save_for_backward(grad)
+        return loss
+    @staticmethod
+    def backward(ctx, g):
+        (grad,) = ctx.saved_tensors
+        return grad * g, None, None, None, None
+
+# %% ../nbs/losses.ipynb #c023
+def _resolve_chunk(chunk, n, device):
+    if chunk is None or chunk is False or chunk == 0: return None
+    if chunk == "auto": return CHUNK_SIZE.get(device.type, CHUNK_SIZE_ACCEL) if n >= CHUNK_AUTO_ROWS else None
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be 'auto', None or a positive int (block size), got {chunk!r}")
+    return chunk
+
+# %% ../nbs/losses.ipynb #c024
 def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1, *, decoupled: bool = False,
-             reduction: str = "mean", stats: dict | None = None) -> torch.Tensor:
-    "Symmetric NT-Xent over two views `z1`, `z2` of shape (B, D); `decoupled=True` is DCL."
+             reduction: str = "mean", stats: dict | None = None, chunk="auto") -> torch.Tensor:
+    """Symmetric NT-Xent over two views `z1`, `z2` of shape (B, D); `decoupled=True` is DCL.
+    `chunk`: 'auto' (chunked from 2B ≥ CHUNK_AUTO_ROWS), None (dense) or a block size (chunked)."""
     _check_pair(z1, z2)
     temperature = check_positive(temperature, "temperature")
     z = normalize(torch.cat([z1, z2]))
+    pos = two_view_index(z1.shape[0], z.device)
+    c = _resolve_chunk(chunk, z.shape[0], z.device)
+    if c is not None and reduction == "mean":
+        if decoupled and z1.shape[0] < 2: raise ValueError("an anchor has an empty denominator (no negatives left after exclusion)")
+        if stats is not None: stats.update(n_anchors=z.shape[0], n_missing=0)
+        return _ChunkedNTXent.apply(z, pos, 1.0 / temperature, c, decoupled)
     logits = (z * (1.0 / temperature)) @ z.T
-    return contrastive_loss(logits, two_view_index(z1.shape[0], z.device), 1.0, exclude="diagonal",
-                            decoupled=decoupled, reduction=reduction, stats=stats)
+    return contrastive_loss(logits, pos, 1.0, exclude="diagonal", decoupled=decoupled, reduction=reduction, stats=stats,
+                            inplace=True)
 
 def dcl(z1, z2, temperature: float = 0.1, **kw) -> torch.Tensor:
     "Decoupled contrastive loss (Yeh et al. 2022): NT-Xent without the positive in the denominator."
     return info_nce(z1, z2, temperature, decoupled=True, **kw)
 
-# %% ../nbs/losses.ipynb #c023
+# %% ../nbs/losses.ipynb #c029
 def sup_con(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1, *, missing: str = "raise",
             reduction: str = "mean", stats: dict | None = None) -> torch.Tensor:
     "SupCon over stacked views `z` (N, D) with integer `labels` (N,)."
@@ -206,9 +291,9 @@ def sup_con(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1, *, 
     zn = normalize(z)
     logits = (zn * (1.0 / temperature)) @ zn.T
     return contrastive_loss(logits, label_positive_mask(labels.to(z.device)), 1.0, exclude="diagonal",
-                            missing=missing, reduction=reduction, stats=stats)
+                            missing=missing, reduction=reduction, stats=stats, inplace=True)
 
-# %% ../nbs/losses.ipynb #c026
+# %% ../nbs/losses.ipynb #c032
 def cross_view_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.07, *, symmetric: bool = True,
                    logit_scale: torch.Tensor | None = None) -> torch.Tensor:
     "CLIP/InfoNCE between two towers: row i of `a` matches row i of `b`; `logit_scale` (a scalar) replaces 1/τ."
@@ -220,7 +305,7 @@ def cross_view_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.07, 
     loss = contrastive_loss(logits, target)
     return (loss + contrastive_loss(logits.T, target)) / 2 if symmetric else loss
 
-# %% ../nbs/losses.ipynb #c028
+# %% ../nbs/losses.ipynb #c034
 class _StatsLoss(nn.Module):
     def __init__(self): super().__init__(); self.last_stats = {}
     def _call(self, fn, *args, **kw):

@@ -139,3 +139,46 @@ def test_modules_and_clip():
     loss = clip(z1, z2); loss.backward(); assert torch.isfinite(loss)
     one = cross_view_nce(z1, z2, 0.1, symmetric=False)
     assert torch.allclose(one, F.cross_entropy(F.normalize(z1) @ F.normalize(z2).T / 0.1, torch.arange(8)), atol=1e-6)
+
+# ---- the chunked path ------------------------------------------------------------------------------------
+from contrastlab import losses as L
+
+@pytest.mark.parametrize("b,chunk", [(5, 1), (13, 4), (32, 7), (64, 64), (50, 200)])
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_chunked_matches_dense_float64(b, chunk, decoupled):
+    g = torch.Generator().manual_seed(b + chunk)
+    z1 = torch.randn(b, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    z2 = torch.randn(b, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    d = info_nce(z1, z2, 0.15, decoupled=decoupled, chunk=None); c = info_nce(z1, z2, 0.15, decoupled=decoupled, chunk=chunk)
+    assert abs(d.item() - c.item()) <= 1e-6 * abs(d.item())
+    for x, y in zip(torch.autograd.grad(d, (z1, z2)), torch.autograd.grad(c, (z1, z2))):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-10)
+    ref = ref_loss(torch.cat([z1, z2]).detach(), pair_mask(b), 0.15, decoupled) if b <= 13 else None
+    if ref is not None: assert abs(ref.item() - c.item()) < 1e-6
+
+def test_chunked_backward_scales_with_upstream_gradient():
+    z1, z2 = torch.randn(20, 4, dtype=torch.float64, requires_grad=True), torch.randn(20, 4, dtype=torch.float64)
+    (3.0 * info_nce(z1, z2, 0.3, chunk=6)).backward(); g3 = z1.grad.clone(); z1.grad = None
+    info_nce(z1, z2, 0.3, chunk=None).backward()
+    torch.testing.assert_close(g3, 3.0 * z1.grad)
+
+def test_auto_chunk_threshold():
+    cpu = torch.device("cpu")
+    assert L._resolve_chunk("auto", L.CHUNK_AUTO_ROWS - 1, cpu) is None
+    assert L._resolve_chunk("auto", L.CHUNK_AUTO_ROWS, cpu) == L.CHUNK_SIZE["cpu"]
+    with pytest.raises(ValueError, match="chunk must be"): info_nce(torch.randn(4, 3), torch.randn(4, 3), chunk=-2)
+
+@pytest.mark.parametrize("tau", [1e-3, 2e-4])
+def test_chunked_low_temperature_float32(tau):
+    torch.manual_seed(1)
+    a = torch.randn(1024, 64); b = a + 3.5 * torch.randn(1024, 64)          # 2048 rows: the auto path is chunked
+    f64 = info_nce(a.double(), b.double(), tau, chunk=None).item(); f32 = info_nce(a, b, tau).item()
+    assert abs(f32 - f64) / abs(f64) < 1e-5
+
+def test_chunked_bfloat16_inputs():
+    torch.manual_seed(2)
+    a = torch.randn(1024, 64); b = a + torch.randn(1024, 64)
+    ab = a.bfloat16().requires_grad_()
+    h = info_nce(ab, b.bfloat16(), 0.1, chunk=256); f = info_nce(a, b, 0.1, chunk=256)
+    assert torch.isfinite(h) and abs(h.item() - f.item()) / f.item() < 1e-2
+    h.backward(); assert ab.grad.dtype == torch.bfloat16 and torch.isfinite(ab.grad.float()).all()
