@@ -6,10 +6,41 @@ Where Quarto exists, `nbdev-docs` renders the same `_quarto.yml` project instead
 
     python tools/build_docs.py EXECUTED_DIR [--out _docs]
 """
-import argparse, shutil, subprocess, sys
+import argparse, shutil, subprocess, sys, tarfile, tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+KATEX_VERSION = "0.16.11"     # the version smalldocs links to on a CDN; served from the site instead, so maths renders offline
+KATEX_CDN = f"https://cdn.jsdelivr.net/npm/katex@{KATEX_VERSION}/dist"
+
+def vendor_katex(site: Path) -> bool:
+    "Copy KaTeX (from the npm registry's package, cached in .cache/) into the site and point every page at it."
+    cache = ROOT / ".cache" / f"katex-{KATEX_VERSION}"
+    if not (cache / "katex.min.js").exists():
+        npm = shutil.which("npm")
+        if npm is None:
+            print("docs: npm not found; maths will load KaTeX from its CDN"); return False
+        with tempfile.TemporaryDirectory() as tmp:
+            r = subprocess.run([npm, "pack", f"katex@{KATEX_VERSION}", "--silent"], cwd=tmp, capture_output=True, text=True)
+            tgz = next(Path(tmp).glob("katex-*.tgz"), None)
+            if r.returncode or tgz is None:
+                print(f"docs: could not fetch KaTeX ({r.stderr.strip()[-200:]}); maths will load it from its CDN"); return False
+            with tarfile.open(tgz) as t:
+                members = [m for m in t.getmembers() if m.name.startswith("package/dist/")]
+                t.extractall(tmp, members=members, filter="data")
+            if cache.exists(): shutil.rmtree(cache)
+            shutil.copytree(Path(tmp) / "package" / "dist", cache)
+    dest = site / "site_libs" / "katex"
+    if dest.exists(): shutil.rmtree(dest)
+    shutil.copytree(cache, dest)
+    n = 0
+    for page in site.rglob("*.html"):
+        html = page.read_text()
+        if KATEX_CDN in html:
+            rel = "/".join([".."] * (len(page.relative_to(site).parts) - 1)) or "."
+            page.write_text(html.replace(KATEX_CDN, f"{rel}/site_libs/katex")); n += 1
+    print(f"docs: KaTeX served from the site on {n} page(s)")
+    return True
 
 def build(executed: Path, out: Path) -> Path:
     stage = ROOT / "_build" / "docs_nbs"
@@ -29,6 +60,7 @@ def build(executed: Path, out: Path) -> Path:
     subprocess.run([str(bindir / "smalldocs"), "render", "--quiet", str(proc)], cwd=ROOT, check=True)
     if out.exists(): shutil.rmtree(out)
     shutil.move(str(proc / "_docs"), str(out))
+    vendor_katex(out)
     print(f"docs: site written to {out}")
     return out
 
