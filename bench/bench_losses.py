@@ -13,8 +13,9 @@ import argparse, json, os, platform, resource, subprocess, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-IMPLS = ["contrastlab", "contrastlab_dense", "reference", "lightly_ntxent", "pml_ntxent", "pml_supcon", "matmul_floor"]
+IMPLS = ["contrastlab", "contrastlab_dense", "contrastlab_general", "reference", "lightly_ntxent", "pml_ntxent", "pml_supcon", "matmul_floor"]
 LABELS = {"contrastlab": "contrastlab info_nce (auto)", "contrastlab_dense": "contrastlab info_nce (dense path)",
+          "contrastlab_general": "contrastlab contrastive_loss (general, dense)",
           "reference": "plain reference (one matmul + cross_entropy)", "lightly_ntxent": "lightly NTXentLoss",
           "pml_ntxent": "pml NTXentLoss", "pml_supcon": "pml SupConLoss", "matmul_floor": "matmul floor (2 products)"}
 
@@ -42,6 +43,13 @@ def make_step(impl, b, d, tau):
         from contrastlab.losses import info_nce
         chunk = "auto" if impl == "contrastlab" else None
         return lambda: info_nce(z1, z2, tau, chunk=chunk).backward()
+    if impl == "contrastlab_general":       # the general objective, called the way a new loss would call it
+        from contrastlab.losses import contrastive_loss, normalize, two_view_index
+        pos = two_view_index(b)
+        def step():
+            z = normalize(torch.cat([z1, z2]))
+            contrastive_loss(z @ z.T, pos, tau, exclude="diagonal").backward()
+        return step
     if impl == "reference":
         t = torch.cat([torch.arange(b, 2 * b), torch.arange(b)]); eye = torch.eye(2 * b, dtype=torch.bool)
         def step():

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from .core import check_tensor, check_positive, check_choice
 
 # %% auto #0
-__all__ = ['CHUNK_AUTO_ROWS', 'CHUNK_SIZE', 'CHUNK_SIZE_ACCEL', 'contrastive_loss', 'normalize', 'two_view_index',
-           'label_positive_mask', 'info_nce', 'dcl', 'sup_con', 'cross_view_nce', 'InfoNCELoss', 'SupConLoss',
-           'CLIPLoss']
+__all__ = ['CHUNK_AUTO_ROWS', 'CHUNK_SIZE', 'CHUNK_SIZE_ACCEL', 'SHARED_SHIFT_MIN_TAU', 'contrastive_loss', 'normalize',
+           'two_view_index', 'label_positive_mask', 'info_nce', 'dcl', 'sup_con', 'cross_view_nce', 'InfoNCELoss',
+           'SupConLoss', 'CLIPLoss']
 
 # %% ../nbs/losses.ipynb #c005
 def _as_logits(sim: torch.Tensor, temperature: float, inplace: bool = False) -> torch.Tensor:
@@ -75,7 +75,7 @@ def contrastive_loss(sim: torch.Tensor, positives: torch.Tensor, temperature: fl
                      exclude=None, neg_weight: torch.Tensor | None = None, decoupled: bool = False,
                      label_smoothing: float = 0.0, normalize_targets: bool = True,
                      reduction: str = "mean", missing: str = "raise", stats: dict | None = None,
-                     inplace: bool = False) -> torch.Tensor:
+                     inplace: bool = False, _trusted: bool = False) -> torch.Tensor:
     """The general contrastive objective over a similarity matrix `sim` (anchors × candidates).
 
     `positives`: a LongTensor of one column per anchor (-1 = none), a bool mask, or float target weights.
@@ -91,7 +91,7 @@ def contrastive_loss(sim: torch.Tensor, positives: torch.Tensor, temperature: fl
     ls = check_positive(label_smoothing, "label_smoothing", allow_zero=True)
     if ls >= 1: raise ValueError(f"label_smoothing must be in [0, 1), got {ls}")
     if decoupled and ls: raise ValueError("label_smoothing is not defined for the decoupled loss")
-    kind = _validate_positives(positives, n, m)
+    kind = "index" if _trusted else _validate_positives(positives, n, m)   # _trusted: built by this module
     logits = _exclude(_as_logits(sim, temperature, inplace), exclude)
     if kind == "index" and neg_weight is None and not ls:
         return _index_loss(logits, positives, decoupled, reduction, missing, stats)
@@ -105,20 +105,23 @@ def contrastive_loss(sim: torch.Tensor, positives: torch.Tensor, temperature: fl
 
 # %% ../nbs/losses.ipynb #c009
 def _index_loss(logits, index, decoupled, reduction, missing, stats):
-    "Fast path: one positive column per anchor (InfoNCE, CLIP, MNRL)."
+    "Fast path: one positive column per anchor (InfoNCE, CLIP, MNRL); a fused log-softmax when it can be."
     has_pos = index >= 0
-    safe = index.clamp_min(0).unsqueeze(1)
-    pos_logit = logits.gather(1, safe).squeeze(1)
-    if bool(torch.isinf(pos_logit[has_pos]).any()):
-        raise ValueError("a positive entry is excluded (its logit is -inf): positives and exclude overlap")
-    if decoupled:
-        denom = torch.logsumexp(logits.scatter(1, safe, float("-inf")), dim=1)
+    all_pos = bool(has_pos.all())
+    if all_pos and not decoupled:
+        per_row = F.cross_entropy(logits, index, reduction="none")
     else:
-        denom = torch.logsumexp(logits, dim=1)
-    per_row = denom - pos_logit
-    if bool(torch.isinf(per_row[has_pos]).any()):
+        safe = index.clamp_min(0).unsqueeze(1)
+        pos_logit = logits.gather(1, safe).squeeze(1)
+        denom_logits = logits.scatter(1, safe, float("-inf")) if decoupled else logits
+        per_row = torch.logsumexp(denom_logits, dim=1) - pos_logit
+    rows = per_row if all_pos else per_row[has_pos]
+    if not bool(torch.isfinite(rows).all()):
+        pos_logit = logits.gather(1, index.clamp_min(0).unsqueeze(1)).squeeze(1)
+        if bool(torch.isinf(pos_logit[has_pos]).any()):
+            raise ValueError("a positive entry is excluded (its logit is -inf): positives and exclude overlap")
         raise ValueError("an anchor has an empty denominator (no negatives left after exclusion)")
-    return _reduce(per_row, None if bool(has_pos.all()) else has_pos, reduction, missing, stats)
+    return _reduce(per_row, None if all_pos else has_pos, reduction, missing, stats)
 
 # %% ../nbs/losses.ipynb #c010
 def _mask_loss(logits, pos, neg_weight, decoupled, ls, normalize_targets, reduction, missing, stats):
@@ -191,59 +194,91 @@ CHUNK_AUTO_ROWS = 2048      # N = 2B rows from which info_nce(chunk="auto") take
 CHUNK_SIZE = {"cpu": 512}   # default block size per device type (cache-sized blocks on the CPU) ...
 CHUNK_SIZE_ACCEL = 4096     # ... and on accelerators, where bigger blocks keep the device busy
 
-def _block_masks(pos, rows, cols, decoupled):
-    "Entries of block (rows × cols) that leave the denominator: self, and the positive when decoupled."
-    r = torch.arange(rows.start, rows.stop, device=pos.device).unsqueeze(1)
-    c = torch.arange(cols.start, cols.stop, device=pos.device).unsqueeze(0)
-    m = r == c
-    if decoupled: m = m | (pos[rows].unsqueeze(1) == c) | (pos[cols].unsqueeze(0) == r)
-    return m
+def _masked_entries(pos, i, i_end, j, j_end, decoupled):
+    "Local (row, col) indices of block [i:i_end, j:j_end] that leave the denominator: self, and the positive when decoupled."
+    rows, cols = [], []
+    if i == j:
+        d = torch.arange(i_end - i, device=pos.device); rows.append(d); cols.append(d)
+    if decoupled:
+        r = torch.arange(i, i_end, device=pos.device); pr = pos[i:i_end]; hit = (pr >= j) & (pr < j_end)
+        rows.append(r[hit] - i); cols.append(pr[hit] - j)
+        c = torch.arange(j, j_end, device=pos.device); pc = pos[j:j_end]; hit = (pc >= i) & (pc < i_end)
+        rows.append(pc[hit] - i); cols.append(c[hit] - j)
+    if not rows: return None
+    return torch.cat(rows), torch.cat(cols)
+
+def _blocks(n, chunk):
+    "Upper-triangular block coordinates (i, i_end, j, j_end) of an n × n matrix."
+    for i in range(0, n, chunk):
+        for j in range(i, n, chunk): yield i, min(i + chunk, n), j, min(j + chunk, n)
+
+def _exp_block(z, inv_tau, shift, pos, i, i2, j, j2, decoupled):
+    "exp(S_block − shift) with the masked entries set to 0 (one exponential per entry)."
+    e = torch.exp(torch.addmm(z.new_tensor(-shift).expand(1, 1), z[i:i2], z[j:j2].T, alpha=inv_tau))
+    m = _masked_entries(pos, i, i2, j, j2, decoupled)
+    if m is not None: e[m] = 0.0
+    return e
+
+# %% ../nbs/losses.ipynb #c023
+SHARED_SHIFT_MIN_TAU = 0.025   # from this temperature up, one shared shift 1/τ keeps exp() exact in float32
 
 def _stream_lse(z, inv_tau, pos, chunk, decoupled):
-    "Pass 1: exact row log-sum-exp of the masked S = z zᵀ · inv_tau, from the upper-triangular blocks only."
+    "Pass 1 at low temperature: exact row log-sum-exp with a running maximum per row (upper blocks only)."
     n = z.shape[0]
     m = torch.full((n,), float("-inf"), dtype=z.dtype, device=z.device); s = torch.zeros_like(m)
-    def add(rows, block):
-        bm = block.amax(1)
-        new = torch.maximum(m[rows], bm)
+    def add(sl, block):
+        new = torch.maximum(m[sl], block.amax(1))
         safe = torch.where(torch.isinf(new), torch.zeros_like(new), new)
-        s[rows] = s[rows] * torch.exp(m[rows] - safe) + torch.exp(block - safe.unsqueeze(1)).sum(1)
-        m[rows] = new
-    for i in range(0, n, chunk):
-        ri = slice(i, min(i + chunk, n))
-        for j in range(i, n, chunk):
-            cj = slice(j, min(j + chunk, n))
-            blk = (z[ri] @ z[cj].T) * inv_tau
-            blk = blk.masked_fill(_block_masks(pos, ri, cj, decoupled), float("-inf"))
-            add(ri, blk)
-            if j != i: add(cj, blk.T)
+        s[sl] = s[sl] * torch.exp(m[sl] - safe) + torch.exp(block - safe.unsqueeze(1)).sum(1)
+        m[sl] = new
+    for i, i2, j, j2 in _blocks(n, chunk):
+        blk = (z[i:i2] @ z[j:j2].T) * inv_tau
+        mk = _masked_entries(pos, i, i2, j, j2, decoupled)
+        if mk is not None: blk[mk] = float("-inf")
+        add(slice(i, i2), blk)
+        if j != i: add(slice(j, j2), blk.T)
     return m + torch.log(s)
 
-# %% ../nbs/losses.ipynb #c022
+def _shared_shift_lse(z, inv_tau, pos, chunk, decoupled):
+    "Pass 1 for τ ≥ SHARED_SHIFT_MIN_TAU: row sums of exp(S − 1/τ), one exponential per upper-block entry."
+    n = z.shape[0]; s = torch.zeros(n, dtype=z.dtype, device=z.device)
+    for i, i2, j, j2 in _blocks(n, chunk):
+        e = _exp_block(z, inv_tau, inv_tau, pos, i, i2, j, j2, decoupled)
+        s[i:i2] += e.sum(1)
+        if j != i: s[j:j2] += e.sum(0)
+    return torch.log(s) + inv_tau
+
+# %% ../nbs/losses.ipynb #c024
 class _ChunkedNTXent(torch.autograd.Function):
     "NT-Xent over normalised rows `z` (N, D) with positive index `pos`, in c×c blocks; gradient formed in the forward."
     @staticmethod
     def forward(ctx, z, pos, inv_tau, chunk, decoupled):
         n = z.shape[0]
+        shared = 1.0 / inv_tau >= SHARED_SHIFT_MIN_TAU
         with torch.no_grad():
-            lse = _stream_lse(z, inv_tau, pos, chunk, decoupled)
-            pos_logit = (z * z[pos]).sum(1) * inv_tau
-            loss = (lse - pos_logit).mean()
+            lse = (_shared_shift_lse if shared else _stream_lse)(z, inv_tau, pos, chunk, decoupled)
+            loss = (lse - (z * z[pos]).sum(1) * inv_tau).mean()
             grad = torch.zeros_like(z)
-            for i in range(0, n, chunk):
-                ri = slice(i, min(i + chunk, n))
-                for j in range(i, n, chunk):
-                    cj = slice(j, min(j + chunk, n))
-                    blk = (z[ri] @ z[cj].T) * inv_tau
-                    mask = _block_masks(pos, ri, cj, decoupled)
-                    p_row = torch.exp(blk - lse[ri].unsqueeze(1)).masked_fill(mask, 0.0)       # P_ij, i in ri
+            a = torch.exp(inv_tau - lse) if shared else None            # 1 / row sum of exp(S − 1/τ)
+            for i, i2, j, j2 in _blocks(n, chunk):
+                if shared:
+                    e = _exp_block(z, inv_tau, inv_tau, pos, i, i2, j, j2, decoupled)
                     if j == i:
-                        grad[ri] += (p_row + p_row.T) @ z[ri]
-                    else:
-                        g = p_row + torch.exp(blk - lse[cj].unsqueeze(0)).masked_fill(mask, 0.0)   # + P_ji
-                        grad[ri] += g @ z[cj]; grad[cj] += g.T @ z[ri]
-            grad.index_add_(0, torch.arange(n, device=z.device), -z[pos])      # d(−s_{i,p(i)}) / d z_i
-            grad.index_add_(0, pos, -z)                                          # ... / d z_{p(i)}
+                        p = e * a[i:i2].unsqueeze(1); grad[i:i2] += (p + p.T) @ z[i:i2]; continue
+                    g = e * (a[i:i2].unsqueeze(1) + a[j:j2].unsqueeze(0))
+                else:
+                    blk = (z[i:i2] @ z[j:j2].T) * inv_tau
+                    mk = _masked_entries(pos, i, i2, j, j2, decoupled)
+                    p = torch.exp(blk - lse[i:i2].unsqueeze(1))
+                    if mk is not None: p[mk] = 0.0
+                    if j == i:
+                        grad[i:i2] += (p + p.T) @ z[i:i2]; continue
+                    q = torch.exp(blk - lse[j:j2].unsqueeze(0))
+                    if mk is not None: q[mk] = 0.0
+                    g = p + q
+                grad[i:i2] += g @ z[j:j2]; grad[j:j2] += g.T @ z[i:i2]
+            grad -= z[pos]                                   # d(−s_{i,p(i)}) / d z_i ...
+            grad.index_add_(0, pos, -z)                      # ... and / d z_{p(i)}
             grad *= inv_tau / n
         ctx.save_for_backward(grad)
         return loss
@@ -252,7 +287,7 @@ class _ChunkedNTXent(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         return grad * g, None, None, None, None
 
-# %% ../nbs/losses.ipynb #c023
+# %% ../nbs/losses.ipynb #c025
 def _resolve_chunk(chunk, n, device):
     if chunk is None or chunk is False or chunk == 0: return None
     if chunk == "auto": return CHUNK_SIZE.get(device.type, CHUNK_SIZE_ACCEL) if n >= CHUNK_AUTO_ROWS else None
@@ -260,7 +295,7 @@ def _resolve_chunk(chunk, n, device):
         raise ValueError(f"chunk must be 'auto', None or a positive int (block size), got {chunk!r}")
     return chunk
 
-# %% ../nbs/losses.ipynb #c024
+# %% ../nbs/losses.ipynb #c026
 def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1, *, decoupled: bool = False,
              reduction: str = "mean", stats: dict | None = None, chunk="auto") -> torch.Tensor:
     """Symmetric NT-Xent over two views `z1`, `z2` of shape (B, D); `decoupled=True` is DCL.
@@ -276,13 +311,13 @@ def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1, *, de
         return _ChunkedNTXent.apply(z, pos, 1.0 / temperature, c, decoupled)
     logits = (z * (1.0 / temperature)) @ z.T
     return contrastive_loss(logits, pos, 1.0, exclude="diagonal", decoupled=decoupled, reduction=reduction, stats=stats,
-                            inplace=True)
+                            inplace=True, _trusted=True)
 
 def dcl(z1, z2, temperature: float = 0.1, **kw) -> torch.Tensor:
     "Decoupled contrastive loss (Yeh et al. 2022): NT-Xent without the positive in the denominator."
     return info_nce(z1, z2, temperature, decoupled=True, **kw)
 
-# %% ../nbs/losses.ipynb #c029
+# %% ../nbs/losses.ipynb #c031
 def sup_con(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1, *, missing: str = "raise",
             reduction: str = "mean", stats: dict | None = None) -> torch.Tensor:
     "SupCon over stacked views `z` (N, D) with integer `labels` (N,)."
@@ -293,7 +328,7 @@ def sup_con(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1, *, 
     return contrastive_loss(logits, label_positive_mask(labels.to(z.device)), 1.0, exclude="diagonal",
                             missing=missing, reduction=reduction, stats=stats, inplace=True)
 
-# %% ../nbs/losses.ipynb #c032
+# %% ../nbs/losses.ipynb #c034
 def cross_view_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.07, *, symmetric: bool = True,
                    logit_scale: torch.Tensor | None = None) -> torch.Tensor:
     "CLIP/InfoNCE between two towers: row i of `a` matches row i of `b`; `logit_scale` (a scalar) replaces 1/τ."
@@ -305,7 +340,7 @@ def cross_view_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.07, 
     loss = contrastive_loss(logits, target)
     return (loss + contrastive_loss(logits.T, target)) / 2 if symmetric else loss
 
-# %% ../nbs/losses.ipynb #c034
+# %% ../nbs/losses.ipynb #c036
 class _StatsLoss(nn.Module):
     def __init__(self): super().__init__(); self.last_stats = {}
     def _call(self, fn, *args, **kw):
