@@ -40,3 +40,23 @@ def test_save_results_records_provenance(tmp_path, monkeypatch):
     rec = json.loads(p.read_text())
     assert rec["preset"] == "full" and rec["seed"] == 3 and "torch" in rec["versions"] and rec["wall_time_s"] >= 0
     with pytest.raises(ValueError, match="non-empty dict"): save_results("x", {}, preset="ci", seed=0)
+
+def test_every_preset_cell_is_tagged_parameters():
+    "A `preset = ...` cell without papermill's `parameters` tag silently runs its default (`full`) under `preset='ci'`."
+    import ast, re
+    root = Path(__file__).resolve().parents[1] / "nbs"
+    untagged = []
+    for path in sorted(root.rglob("*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            if cell.cell_type == "code" and re.match(r"\s*preset\s*=", cell.source):
+                if "parameters" not in cell.metadata.get("tags", []): untagged.append(str(path.relative_to(root)))
+    assert not untagged, f"parameters cells without the `parameters` tag (nbdev-clean strips it unless allowed): {untagged}"
+
+def test_nbdev_clean_keeps_the_parameters_tag(tmp_path):
+    "nbdev-clean drops cell metadata it is not told to keep; pyproject's allowed_cell_metadata_keys must list `tags`."
+    import shutil
+    root = Path(__file__).resolve().parents[1]
+    shutil.copy(root / "pyproject.toml", tmp_path / "pyproject.toml"); (tmp_path / "nbs").mkdir()
+    nb = _nb(tmp_path / "nbs" / "check.ipynb", ["y = x + 1"])
+    subprocess.run([str(Path(sys.executable).parent / "nbdev-clean"), "--fname", str(nb)], check=True, cwd=tmp_path)
+    assert nbformat.read(nb, as_version=4).cells[0].metadata.get("tags") == ["parameters"]
