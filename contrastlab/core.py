@@ -13,12 +13,15 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['PRESETS', 'get_device', 'seed_everything', 'generator', 'check_int', 'check_positive', 'check_choice', 'check_tensor',
-           'choose', 'elapsed', 'versions']
+__all__ = ['PRESETS', 'get_device', 'seed_everything', 'generator', 'check_int', 'check_positive', 'check_choice',
+           'check_fraction', 'check_tensor', 'check_embeddings', 'check_pair', 'check_labels', 'choose', 'configure',
+           'elapsed', 'versions']
 
 # %% ../nbs/core.ipynb #c005
-def get_device(device: str | torch.device = "auto") -> torch.device:
-    "Resolve `device`: `'auto'` picks cuda → mps → cpu; an explicit name must be available."
+def get_device(
+    device:str|torch.device="auto", # `"auto"` (cuda → mps → cpu) or a device that must be available
+)->torch.device:
+    "Resolve `device`; an explicit name must be available."
     if isinstance(device, torch.device): device = str(device)
     if not isinstance(device, str):
         raise TypeError(f"device must be a str or torch.device, got {type(device).__name__}")
@@ -35,19 +38,31 @@ def get_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 # %% ../nbs/core.ipynb #c009
-def seed_everything(seed: int = 0, deterministic: bool = False) -> int:
-    "Seed `random`, NumPy and torch (all devices); optionally ask torch for deterministic kernels."
+def seed_everything(
+    seed:int=0, # the seed of Python's `random`, NumPy and torch (every device)
+    deterministic:bool=False, # also ask torch for deterministic kernels (warn where there are none)
+)->int:
+    "Seed every random number generator a notebook uses; return the seed."
     seed = check_int(seed, "seed", min_value=0)
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
     if deterministic: torch.use_deterministic_algorithms(True, warn_only=True)
     return seed
 
-def generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
-    "A `torch.Generator` on `device`, seeded with `seed`."
+# %% ../nbs/core.ipynb #c011
+def generator(
+    seed:int, # the generator's seed
+    device:str|torch.device="cpu", # where its random numbers are drawn
+)->torch.Generator:
+    "A seeded `torch.Generator` on `device`."
     g = torch.Generator(device=device); g.manual_seed(int(seed)); return g
 
-# %% ../nbs/core.ipynb #c011
-def check_int(value, name: str, min_value: int | None = None, max_value: int | None = None) -> int:
+# %% ../nbs/core.ipynb #c014
+def check_int(
+    value, # the value to check
+    name:str, # its name in the error message
+    min_value:int|None=None, # smallest allowed value
+    max_value:int|None=None, # largest allowed value
+)->int:
     "Check that `value` is an integer (not a bool) within `[min_value, max_value]`; return it as `int`."
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
@@ -55,8 +70,13 @@ def check_int(value, name: str, min_value: int | None = None, max_value: int | N
     if max_value is not None and value > max_value: raise ValueError(f"{name} must be ≤ {max_value}, got {value}")
     return int(value)
 
-def check_positive(value, name: str, allow_zero: bool = False) -> float:
-    "Check that `value` is a finite real number > 0 (or ≥ 0 with `allow_zero`); return it as `float`."
+# %% ../nbs/core.ipynb #c015
+def check_positive(
+    value, # a real number (or a one-element tensor)
+    name:str, # its name in the error message
+    allow_zero:bool=False, # accept 0 as well
+)->float:
+    "Check that `value` is a finite real number > 0 (≥ 0 with `allow_zero`); return it as `float`."
     if isinstance(value, torch.Tensor) and value.numel() == 1: value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} ({value!r})")
@@ -66,14 +86,40 @@ def check_positive(value, name: str, allow_zero: bool = False) -> float:
         raise ValueError(f"{name} must be {'≥' if allow_zero else '>'} 0, got {value}")
     return value
 
-def check_choice(value, name: str, choices) -> str:
-    "Check that `value` is one of `choices`."
+# %% ../nbs/core.ipynb #c016
+def check_choice(
+    value, # the value to check
+    name:str, # its name in the error message
+    choices, # the allowed values
+):
+    "Check that `value` is one of `choices`; return it."
     if value not in choices: raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
     return value
 
-# %% ../nbs/core.ipynb #c012
-def check_tensor(x, name: str, ndim: int | tuple | None = None, floating: bool | None = None,
-                 finite: bool = False, min_rows: int | None = None) -> torch.Tensor:
+# %% ../nbs/core.ipynb #c017
+def check_fraction(
+    value, # a real number
+    name:str, # its name in the error message
+    closed:str="right", # which ends belong to the interval: `"right"` (0, 1], `"left"` [0, 1), `"both"` or `"none"`
+)->float:
+    "Check that `value` lies in the unit interval with the given closed ends; return it as `float`."
+    check_choice(closed, "closed", ["right", "left", "both", "none"])
+    v = check_positive(value, name, allow_zero=True)
+    lo_ok = v > 0 or closed in ("left", "both"); hi_ok = v < 1 or (v == 1 and closed in ("right", "both"))
+    if not (lo_ok and hi_ok):
+        left, right = ("[" if closed in ("left", "both") else "("), ("]" if closed in ("right", "both") else ")")
+        raise ValueError(f"{name} must be in {left}0, 1{right}, got {v}")
+    return v
+
+# %% ../nbs/core.ipynb #c020
+def check_tensor(
+    x, # the tensor to check
+    name:str, # its name in the error message
+    ndim:int|tuple|None=None, # allowed number(s) of dimensions
+    floating:bool|None=None, # True: must be floating point; False: must be an integer (or bool) tensor
+    finite:bool=False, # reject NaN and ±Inf entries
+    min_rows:int|None=None, # smallest allowed size of the first dimension
+)->torch.Tensor:
     "Check a tensor's type, rank, dtype kind, finiteness and row count; return it."
     if not isinstance(x, torch.Tensor): raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if ndim is not None:
@@ -91,11 +137,63 @@ def check_tensor(x, name: str, ndim: int | tuple | None = None, floating: bool |
         raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or Inf)")
     return x
 
-# %% ../nbs/core.ipynb #c016
+# %% ../nbs/core.ipynb #c024
+def check_embeddings(
+    z, # embeddings, one row per sample: (N, D)
+    name:str="z", # its name in the error message
+    min_rows:int=1, # smallest allowed N
+)->torch.Tensor:
+    "Check that `z` is a finite floating-point (N, D) tensor with N ≥ `min_rows`; return it."
+    check_tensor(z, name, ndim=2, floating=True)
+    if z.shape[0] < min_rows:
+        raise ValueError(f"{name} must have at least {min_rows} row(s), got an empty batch of shape {tuple(z.shape)}"
+                         if z.shape[0] == 0 else f"{name} must have at least {min_rows} row(s), got shape {tuple(z.shape)}")
+    if not bool(torch.isfinite(z).all()):
+        raise ValueError(f"{name} contains {int((~torch.isfinite(z)).sum())} non-finite value(s) (NaN or Inf)")
+    return z
+
+# %% ../nbs/core.ipynb #c027
+def check_pair(
+    a, # first embeddings: (N, D)
+    b, # second embeddings, row i paired with row i of `a`: (N, D)
+    names:tuple=("z1", "z2"), # their names in the error message
+):
+    "Check two matching embedding matrices (same shape, each finite and non-empty)."
+    check_embeddings(a, names[0]); check_embeddings(b, names[1])
+    if a.shape != b.shape:
+        raise ValueError(f"{names[0]} and {names[1]} must have the same shape (batch, dim), "
+                         f"got {tuple(a.shape)} and {tuple(b.shape)}")
+
+# %% ../nbs/core.ipynb #c030
+def check_labels(
+    y, # class indices, one per row: (N,)
+    name:str="labels", # its name in the error message
+    n:int|None=None, # the number of rows the labels must describe
+    n_classes:int|None=None, # when given, every label must lie in [0, n_classes)
+)->torch.Tensor:
+    "Check that `y` is a 1-D integer tensor (of length `n`, within `[0, n_classes)`); return it."
+    if not isinstance(y, torch.Tensor): raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(y).__name__}")
+    if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+        raise TypeError(f"{name} must be an integer tensor of class indices, got dtype {y.dtype}")
+    if y.ndim != 1: raise ValueError(f"{name} must be 1-D (one class index per row), got shape {tuple(y.shape)}")
+    if n is not None and y.shape[0] != n: raise ValueError(f"{name} must have length {n} (one per row), got {y.shape[0]}")
+    if n_classes is not None:
+        if y.numel() == 0: raise ValueError(f"{name} is empty")
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= n_classes:
+            bad = int(((y < 0) | (y >= n_classes)).sum())
+            raise ValueError(f"{name} must lie in [0, {n_classes}) for {n_classes} classes; "
+                             f"got {bad} value(s) outside it (min {lo}, max {hi})")
+    return y
+
+# %% ../nbs/core.ipynb #c034
 PRESETS = ("ci", "full")
 
-def choose(preset: str, **options) -> SimpleNamespace:
-    "Pick the settings for `preset` from keyword dicts, e.g. `choose(preset, ci=dict(epochs=5), full=dict(epochs=100))`."
+def choose(
+    preset:str, # `"ci"` or `"full"`
+    **options, # one dict of settings per preset, with the same keys
+)->SimpleNamespace:
+    "Pick the settings for `preset`, e.g. `choose(preset, ci=dict(epochs=5), full=dict(epochs=100))`."
     check_choice(preset, "preset", PRESETS)
     missing = [p for p in PRESETS if p not in options]
     if missing: raise ValueError(f"choose() needs settings for every preset {list(PRESETS)}; missing {missing}")
@@ -105,14 +203,32 @@ def choose(preset: str, **options) -> SimpleNamespace:
         raise ValueError(f"presets must set the same keys; ci has {sorted(options['ci'])}, full has {sorted(options['full'])}")
     return SimpleNamespace(**options[preset])
 
-# %% ../nbs/core.ipynb #c019
+# %% ../nbs/core.ipynb #c037
+def configure(
+    cls, # the config dataclass
+    config=None, # a config to start from (copied), or None for the defaults
+    **overrides, # fields to change
+):
+    "A validated copy of `config` (or of `cls()`) with `overrides` applied."
+    import copy, dataclasses
+    if config is not None and not isinstance(config, cls):
+        raise TypeError(f"config must be a {cls.__name__}, got {type(config).__name__}")
+    cfg = copy.deepcopy(config) if config is not None else cls()
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(overrides) - set(known))
+    if unknown: raise TypeError(f"unknown {cls.__name__} option(s) {unknown}; known: {known}")
+    for k, v in overrides.items(): setattr(cfg, k, v)
+    return cfg.validate() if hasattr(cfg, "validate") else cfg
+
+# %% ../nbs/core.ipynb #c040
 _T0 = time.time()
 
-def elapsed() -> float:
+def elapsed()->float:
     "Seconds since `contrastlab.core` was imported."
     return time.time() - _T0
 
-def versions() -> dict:
+# %% ../nbs/core.ipynb #c041
+def versions()->dict:
     "Versions of Python, torch, NumPy and contrastlab, for result files."
     from . import __version__
     return dict(python=platform.python_version(), torch=torch.__version__, numpy=np.__version__,

@@ -1,4 +1,4 @@
-"""Contrastive losses past one process: an all-gather that carries gradients (uneven batches included), NT-Xent with the "local loss" layout, checked against a single-process run on the concatenated batch.
+"""Contrastive losses past one process: a gather of candidates that carries gradients (uneven batches included), counts and sums over ranks, and a check of any registered loss on several gloo ranks against one process.
 
 Docs: https://contrastlab.github.io/contrastlab/distributed.html.md"""
 
@@ -10,96 +10,159 @@ import os, socket, tempfile
 from pathlib import Path
 import torch
 import torch.distributed as dist
-from .core import check_positive
-from .losses import contrastive_loss, info_nce, normalize, _check_pair
 
 # %% auto #0
-__all__ = ['world', 'gather_with_grad', 'distributed_info_nce', 'compare_with_single_process']
+__all__ = ['world', 'gather_with_grad', 'all_reduce_sum', 'all_reduce_max', 'global_count', 'compare_with_single_process']
 
 # %% ../nbs/distributed.ipynb #c005
-def world() -> tuple[int, int]:
+def world()->tuple[int, int]:
     "(rank, world_size), or (0, 1) outside an initialised process group."
     if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
+# %% ../nbs/distributed.ipynb #c007
+def _sizes(n: int, device) -> list[int]:
+    "The row count of every rank."
+    _, ws = world()
+    t = torch.tensor([n], device=device)
+    out = [torch.zeros_like(t) for _ in range(ws)]; dist.all_gather(out, t)
+    return [int(s) for s in out]
+
+def _gather_padded(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    "All-gather rows of `x` (padded to the largest rank), trimmed and concatenated in rank order."
+    top = max(sizes)
+    padded = torch.cat([x, x.new_zeros(top - x.shape[0], *x.shape[1:])]) if x.shape[0] < top else x.contiguous()
+    parts = [torch.empty_like(padded) for _ in range(len(sizes))]; dist.all_gather(parts, padded)
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
 class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x):
-        rank, ws = world()
-        n = torch.tensor([x.shape[0]], device=x.device)
-        sizes = [torch.zeros_like(n) for _ in range(ws)]; dist.all_gather(sizes, n)
-        sizes = [int(s) for s in sizes]; top = max(sizes)
-        padded = torch.cat([x, x.new_zeros(top - x.shape[0], *x.shape[1:])]) if x.shape[0] < top else x.contiguous()
-        parts = [torch.empty_like(padded) for _ in range(ws)]; dist.all_gather(parts, padded)
+    def forward(ctx, x, sizes, rank):
         ctx.sizes, ctx.rank = sizes, rank
-        return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+        return _gather_padded(x, sizes)
     @staticmethod
     def backward(ctx, g):
         g = g.contiguous().clone(); dist.all_reduce(g, op=dist.ReduceOp.SUM)
         start = sum(ctx.sizes[: ctx.rank])
-        return g[start:start + ctx.sizes[ctx.rank]]
+        return g[start:start + ctx.sizes[ctx.rank]], None, None
 
-def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    "All-gather rows of `x` from every rank (uneven sizes allowed), differentiably; returns (gathered, offset of this rank)."
+# %% ../nbs/distributed.ipynb #c009
+def gather_with_grad(
+    x:torch.Tensor, # this rank's rows: (n, ...); float rows keep their gradient, integer rows (labels) are gathered as they are
+)->tuple[torch.Tensor, int]:
+    "All-gather the rows of `x` from every rank (uneven sizes allowed), differentiably; return (gathered rows, this rank's offset)."
     rank, ws = world()
     if ws == 1: return x, 0
-    out = _GatherWithGrad.apply(x)
-    sizes = torch.tensor([x.shape[0]], device=x.device); all_sizes = [torch.zeros_like(sizes) for _ in range(ws)]
-    dist.all_gather(all_sizes, sizes)
-    return out, int(sum(int(s) for s in all_sizes[:rank]))
+    sizes = _sizes(x.shape[0], x.device)
+    out = _GatherWithGrad.apply(x, sizes, rank) if x.requires_grad else _gather_padded(x, sizes)
+    return out, sum(sizes[:rank])
 
-# %% ../nbs/distributed.ipynb #c007
-def distributed_info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1, *, local_loss: bool = True,
-                         decoupled: bool = False) -> torch.Tensor:
-    "This rank's share of NT-Xent over the views of all ranks (shares sum to the global loss)."
-    _check_pair(z1, z2)
-    temperature = check_positive(temperature, "temperature")
-    rank, ws = world()
-    if ws == 1: return info_nce(z1, z2, temperature, decoupled=decoupled)
-    a1, a2 = normalize(z1), normalize(z2)
-    g1, off = gather_with_grad(a1); g2, _ = gather_with_grad(a2)
-    big_b, b = g1.shape[0], a1.shape[0]
-    cand = torch.cat([g1, g2])
-    if not local_loss:
-        logits = (cand * (1.0 / temperature)) @ cand.T
-        pos = torch.cat([torch.arange(big_b, 2 * big_b), torch.arange(big_b)]).to(cand.device)
-        return contrastive_loss(logits, pos, 1.0, exclude="diagonal", decoupled=decoupled, inplace=True) / ws
-    anchors = torch.cat([a1, a2])
-    own = torch.cat([torch.arange(off, off + b), torch.arange(big_b + off, big_b + off + b)]).to(cand.device)
-    pos = torch.cat([own[b:], own[:b]])
-    logits = (anchors * (1.0 / temperature)) @ cand.T
-    exclude = torch.zeros_like(logits, dtype=torch.bool); exclude[torch.arange(2 * b), own] = True
-    total = contrastive_loss(logits, pos, 1.0, exclude=exclude, decoupled=decoupled, reduction="sum", inplace=True)
-    return total / (2 * big_b)
+# %% ../nbs/distributed.ipynb #c012
+def all_reduce_sum(
+    x:torch.Tensor, # a tensor of the same shape on every rank
+)->torch.Tensor:
+    "The sum of `x` over ranks (a new tensor; `x` itself outside a process group)."
+    _, ws = world()
+    if ws == 1: return x
+    out = x.detach().clone(); dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
 
-# %% ../nbs/distributed.ipynb #c010
-def _free_port() -> int:
+def all_reduce_max(
+    x:torch.Tensor, # a tensor of the same shape on every rank
+)->torch.Tensor:
+    "The elementwise maximum of `x` over ranks (a new tensor; `x` itself outside a process group)."
+    _, ws = world()
+    if ws == 1: return x
+    out = x.detach().clone(); dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return out
+
+def global_count(
+    n:int, # this rank's count
+    device="cpu", # where the collective runs (the device of the loss)
+)->int:
+    "The sum of `n` over ranks."
+    _, ws = world()
+    if ws == 1: return int(n)
+    return int(all_reduce_sum(torch.tensor([int(n)], device=device)).item())
+
+# %% ../nbs/distributed.ipynb #c015
+def _free_port()->int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
 
-def _compare_worker(rank, ws, port, folder, z1, z2, sizes, temperature, local_loss, decoupled):
+def _resolve(loss):
+    "(callable, batch_args, output key) of a LossSpec, a registered name or a (callable, batch_args) pair."
+    from contrastlab.registry import LossSpec, get_loss
+    if isinstance(loss, str): loss = get_loss(loss)
+    if isinstance(loss, LossSpec): return loss.fn, tuple(loss.batch_args), loss.output
+    fn, batch_args = loss
+    return fn, tuple(batch_args), None
+
+def _split(inputs: dict, batch_args, sizes, rank):
+    start = sum(sizes[:rank]); sl = slice(start, start + sizes[rank])
+    out = {}
+    for k, v in inputs.items():
+        v = v[sl] if k in batch_args else v
+        out[k] = v.detach().clone().requires_grad_() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+    return out
+
+def _compare_worker(rank, ws, port, folder, loss, inputs, params, sizes, output):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=ws)
     try:
-        start = sum(sizes[:rank]); sl = slice(start, start + sizes[rank])
-        a, b = z1[sl].clone().requires_grad_(), z2[sl].clone().requires_grad_()
-        share = distributed_info_nce(a, b, temperature, local_loss=local_loss, decoupled=decoupled)
-        share.backward()
-        torch.save(dict(share=share.detach(), g1=a.grad, g2=b.grad), Path(folder) / f"rank{rank}.pt")
+        fn, batch_args, key = _resolve(loss)
+        local = _split(inputs, batch_args, sizes, rank)
+        out = fn(**local, **params, gather_distributed=True)
+        if output == "rows":
+            res = dict(rows=out.detach())
+        else:
+            share = out[key] if key else out
+            share.backward()
+            res = dict(share=share.detach(), grads={k: v.grad for k, v in local.items() if isinstance(v, torch.Tensor) and v.grad is not None})
+        torch.save(res, Path(folder) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
-def compare_with_single_process(z1, z2, sizes, temperature: float = 0.1, local_loss: bool = True, decoupled: bool = False) -> dict:
-    "Run NT-Xent on len(sizes) gloo ranks (rank r gets sizes[r] rows); return max |difference| to one process."
+# %% ../nbs/distributed.ipynb #c016
+def compare_with_single_process(
+    loss, # a registered loss (`LossSpec` or name), or `(fn, batch_args)` for any function taking `gather_distributed`
+    inputs:dict, # the whole batch: keyword inputs of the loss
+    sizes, # rows per rank, summing to the batch size (e.g. `[6, 5]`: a short last batch)
+    params:dict|None=None, # keyword hyper-parameters passed to every call
+    output:str="share", # "share": scalar shares that sum to the loss; "rows": per-row outputs, concatenated over ranks
+)->dict:
+    "Run `loss` on `len(sizes)` gloo ranks and on one process; return the value and the largest differences."
     import torch.multiprocessing as mp
-    if sum(sizes) != len(z1): raise ValueError(f"sizes must sum to the batch size {len(z1)}, got {sizes} (sum {sum(sizes)})")
+    if output not in ("share", "rows"): raise ValueError(f"output must be 'share' or 'rows', got {output!r}")
+    fn, batch_args, key = _resolve(loss)
+    params = dict(params or {})
+    n = {len(inputs[k]) for k in batch_args}
+    if len(n) != 1: raise ValueError(f"batch inputs {list(batch_args)} must have the same number of rows, got {sorted(n)}")
+    n = n.pop()
+    if sum(sizes) != n: raise ValueError(f"sizes must sum to the batch size {n}, got {list(sizes)} (sum {sum(sizes)})")
     with tempfile.TemporaryDirectory() as folder:
-        mp.spawn(_compare_worker, args=(len(sizes), _free_port(), folder, z1, z2, list(sizes), temperature, local_loss, decoupled),
+        mp.spawn(_compare_worker, args=(len(sizes), _free_port(), folder, _picklable(loss), inputs, params, list(sizes), output),
                  nprocs=len(sizes), join=True)
         outs = [torch.load(Path(folder) / f"rank{r}.pt") for r in range(len(sizes))]
-    a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
-    ref = info_nce(a, b, temperature, decoupled=decoupled, chunk=None); ref.backward()
+    ref_in = {k: (v.detach().clone().requires_grad_() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+              for k, v in inputs.items()}
+    ref = fn(**ref_in, **params)
+    if output == "rows":
+        rows = torch.cat([o["rows"] for o in outs])
+        return dict(value_diff=(rows - ref.detach()).abs().max().item())
+    ref = ref[key] if key else ref
+    ref.backward()
     total = sum(o["share"] for o in outs)
-    g1, g2 = torch.cat([o["g1"] for o in outs]), torch.cat([o["g2"] for o in outs])
-    return dict(loss=ref.item(), loss_diff=abs(total.item() - ref.item()),
-                grad_diff=max((g1 - a.grad).abs().max().item(), (g2 - b.grad).abs().max().item()))
+    grad_diff = 0.0
+    for k, v in ref_in.items():
+        if not isinstance(v, torch.Tensor) or v.grad is None: continue
+        parts = [o["grads"].get(k) for o in outs]
+        parts = [p for p in parts if p is not None]
+        got = torch.cat(parts) if k in batch_args else sum(parts)
+        grad_diff = max(grad_diff, (got - v.grad).abs().max().item())
+    return dict(loss=ref.item(), loss_diff=abs(total.item() - ref.item()), grad_diff=grad_diff)
+
+def _picklable(loss):
+    "What a spawned process can unpickle: a registered loss by name, a function pair as it is."
+    from contrastlab.registry import LossSpec
+    return loss.name if isinstance(loss, LossSpec) else loss

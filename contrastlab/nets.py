@@ -1,4 +1,4 @@
-"""Small encoders for the lab's data (MLP, a Conv1d encoder for mnist1d, a small CNN for images), projection heads and an EMA teacher.
+"""Small encoders for the lab's data (MLP, a Conv1d encoder for mnist1d, small CNNs and Conv-4 for images, tiny image and text towers), projection heads, a clamped logit scale, an EMA teacher and batched encoding.
 
 Docs: https://contrastlab.github.io/contrastlab/nets.html.md"""
 
@@ -6,18 +6,25 @@ Docs: https://contrastlab.github.io/contrastlab/nets.html.md"""
 
 # %% ../nbs/nets.ipynb #c002
 from __future__ import annotations
-import copy
+import copy, math
 import torch
 import torch.nn as nn
-from .core import check_int, check_choice
+from .core import check_int, check_choice, check_positive, check_tensor
 
 # %% auto #0
-__all__ = ['MLP', 'ProjectionHead', 'Conv1dEncoder', 'SmallCNN', 'EMATeacher']
+__all__ = ['MLP', 'ProjectionHead', 'ProjectedEncoder', 'Conv1dEncoder', 'SmallCNN', 'Conv4', 'ImageTower', 'TextTransformer',
+           'BagOfWordsText', 'LogitScale', 'TinyCLIP', 'EMATeacher', 'encode']
 
 # %% ../nbs/nets.ipynb #c005
 class MLP(nn.Sequential):
     "Linear → (BatchNorm) → ReLU blocks, then a final linear layer."
-    def __init__(self, in_dim: int, hidden: int = 256, out_dim: int = 128, n_layers: int = 2, norm: bool = True):
+    def __init__(self,
+                 in_dim:int, # input width
+                 hidden:int=256, # width of the hidden layers
+                 out_dim:int=128, # output width
+                 n_layers:int=2, # number of linear layers
+                 norm:bool=True, # BatchNorm after each hidden linear layer
+                ):
         check_int(n_layers, "n_layers", min_value=1)
         layers, d = [], in_dim
         for _ in range(n_layers - 1):
@@ -27,15 +34,38 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
         self.in_dim, self.out_dim = in_dim, out_dim
 
+# %% ../nbs/nets.ipynb #c008
 class ProjectionHead(MLP):
     "The SimCLR projector: a 2-layer MLP from backbone features to the loss space."
-    def __init__(self, in_dim: int, hidden: int = 128, out_dim: int = 64, n_layers: int = 2):
+    def __init__(self,
+                 in_dim:int, # backbone width
+                 hidden:int=128, # hidden width
+                 out_dim:int=64, # width of the loss space
+                 n_layers:int=2, # number of linear layers
+                ):
         super().__init__(in_dim, hidden, out_dim, n_layers, norm=True)
 
-# %% ../nbs/nets.ipynb #c006
+# %% ../nbs/nets.ipynb #c009
+class ProjectedEncoder(nn.Module):
+    "Backbone + projection head (SimCLR's model); `forward` returns the projection, `features` the backbone output."
+    def __init__(self,
+                 encoder:nn.Module, # the backbone, with an `out_dim`
+                 proj_dim:int=64, # width of the loss space
+                 hidden:int=128, # hidden width of the head
+                ):
+        super().__init__()
+        self.encoder, self.head = encoder, ProjectionHead(encoder.out_dim, hidden, proj_dim)
+    def forward(self, x): return self.head(self.encoder(x))
+    def features(self, x): return self.encoder(x)
+
+# %% ../nbs/nets.ipynb #c011
 class Conv1dEncoder(nn.Module):
     "A 1-D CNN for (B, L) or (B, 1, L) signals such as mnist1d: three conv blocks (the last two strided), flatten, linear."
-    def __init__(self, length: int = 40, width: int = 32, out_dim: int = 128):
+    def __init__(self,
+                 length:int=40, # signal length L
+                 width:int=32, # channels of the first block (then 2×)
+                 out_dim:int=128, # feature width
+                ):
         super().__init__()
         self.length = check_int(length, "length", min_value=8)
         block = lambda i, o, s: [nn.Conv1d(i, o, 5, stride=s, padding=2), nn.BatchNorm1d(o), nn.ReLU(inplace=True)]
@@ -48,11 +78,17 @@ class Conv1dEncoder(nn.Module):
             raise ValueError(f"Conv1dEncoder expects (B, {self.length}) or (B, 1, {self.length}), got {tuple(x.shape)}")
         return torch.relu(self.fc(self.convs(x).flatten(1)))
 
-# %% ../nbs/nets.ipynb #c007
+# %% ../nbs/nets.ipynb #c013
 class SmallCNN(nn.Module):
-    "Conv-BN-ReLU-MaxPool blocks (Conv-4 style) for small images; `pool='avg'` averages the last map, `'flatten'` keeps its layout."
-    def __init__(self, in_channels: int = 1, width: int = 32, blocks: int = 3, out_dim: int = 128,
-                 image_size: int = 28, pool: str = "avg"):
+    "Conv-BN-ReLU-MaxPool blocks for small images, then a linear layer; `pool='avg'` averages the last map, `'flatten'` keeps its layout."
+    def __init__(self,
+                 in_channels:int=1, # image channels
+                 width:int=32, # channels of every block
+                 blocks:int=3, # number of conv blocks (each halves the size)
+                 out_dim:int=128, # feature width
+                 image_size:int=28, # side of the (square) input
+                 pool:str="avg", # "avg" or "flatten"
+                ):
         super().__init__()
         check_int(blocks, "blocks", min_value=1); check_choice(pool, "pool", ["avg", "flatten"])
         layers, c = [], in_channels
@@ -72,15 +108,171 @@ class SmallCNN(nn.Module):
         f = f.mean((2, 3)) if self.pool == "avg" else f.flatten(1)
         return torch.relu(self.fc(f))
 
-# %% ../nbs/nets.ipynb #c009
+# %% ../nbs/nets.ipynb #c016
+class Conv4(nn.Module):
+    "Four Conv(3×3, `width`)-BN-ReLU-MaxPool blocks; 28×28 → `width`-d features."
+    def __init__(self,
+                 in_channels:int=1, # image channels
+                 width:int=64, # channels of every block (= the feature width)
+                ):
+        super().__init__()
+        blocks, c = [], in_channels
+        for _ in range(4):
+            blocks += [nn.Conv2d(c, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(2)]; c = width
+        self.net, self.out_dim, self.in_channels = nn.Sequential(*blocks), width, in_channels
+    def forward(self, x):
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"Conv4 expects (B, {self.in_channels}, H, W) images, got {tuple(x.shape)}")
+        return self.net(x).mean((2, 3))
+
+# %% ../nbs/nets.ipynb #c019
+class ImageTower(nn.Module):
+    "Three stride-2 convs, then linear; `pool='flatten'` keeps the 4×4 layout, `'avg'` discards it. Takes uint8 or float images."
+    def __init__(self,
+                 dim:int=64, # output width
+                 width:int=32, # channels of the first conv (then 2×, 4×)
+                 pool:str="flatten", # "flatten" or "avg"
+                 image_size:int=32, # side of the (square) RGB input
+                ):
+        super().__init__()
+        self.pool = check_choice(pool, "pool", ["flatten", "avg"])
+        w = check_int(width, "width", min_value=1)
+        self.convs = nn.Sequential(nn.Conv2d(3, w, 3, 2, 1), nn.ReLU(), nn.Conv2d(w, 2 * w, 3, 2, 1), nn.ReLU(),
+                                   nn.Conv2d(2 * w, 4 * w, 3, 2, 1), nn.ReLU())
+        side = math.ceil(image_size / 8)
+        self.fc = nn.Linear(4 * w * (side * side if pool == "flatten" else 1), check_int(dim, "dim", min_value=1))
+        self.out_dim = dim
+    def forward(self, x):
+        if x.ndim != 4 or x.shape[1] != 3: raise ValueError(f"ImageTower expects (B, 3, H, W) images, got {tuple(x.shape)}")
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        f = self.convs(x)
+        return self.fc(f.flatten(1) if self.pool == "flatten" else f.mean((2, 3)))
+
+# %% ../nbs/nets.ipynb #c020
+def _masked_mean(h, mask):
+    m = mask.unsqueeze(-1).to(h.dtype)
+    return (h * m).sum(1) / m.sum(1).clamp_min(1)
+
+class TextTransformer(nn.Module):
+    "Token embeddings N(0,1) + learned positions N(0, pos_std²), a small transformer, masked mean, linear. Token 0 is padding."
+    def __init__(self,
+                 vocab_size:int, # number of token ids (0 = padding)
+                 dim:int=64, # model and output width
+                 max_len:int=8, # longest token sequence
+                 pos_std:float=0.1, # scale of the initial positional embeddings (0: no order signal at first)
+                 layers:int=2, # transformer layers
+                 heads:int=4, # attention heads
+                 ff:int=128, # feed-forward width
+                ):
+        super().__init__()
+        self.emb = nn.Embedding(check_int(vocab_size, "vocab_size", min_value=2), dim)
+        self.pos = nn.Parameter(torch.randn(check_int(max_len, "max_len", min_value=1), dim) * check_positive(pos_std, "pos_std", allow_zero=True))
+        layer = nn.TransformerEncoderLayer(dim, heads, ff, dropout=0.0, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, check_int(layers, "layers", min_value=1), enable_nested_tensor=False)
+        self.out = nn.Linear(dim, dim); self.out_dim = dim
+    def forward(self, tokens):
+        check_tensor(tokens, "tokens", ndim=2, floating=False)
+        mask = tokens != 0
+        h = self.enc(self.emb(tokens) + self.pos[:tokens.shape[1]], src_key_padding_mask=~mask)
+        return self.out(_masked_mean(h, mask))
+
+# %% ../nbs/nets.ipynb #c021
+class BagOfWordsText(nn.Module):
+    "Order-invariant text tower: sorted ids → embeddings → masked mean → linear. Permuted captions embed identically."
+    def __init__(self,
+                 vocab_size:int, # number of token ids (0 = padding)
+                 dim:int=64, # output width
+                ):
+        super().__init__()
+        self.emb = nn.Embedding(check_int(vocab_size, "vocab_size", min_value=2), dim)
+        self.out = nn.Linear(dim, dim); self.out_dim = dim
+    def forward(self, tokens):
+        check_tensor(tokens, "tokens", ndim=2, floating=False)
+        tokens = tokens.sort(1).values
+        return self.out(_masked_mean(self.emb(tokens), tokens != 0))
+
+# %% ../nbs/nets.ipynb #c024
+class LogitScale(nn.Module):
+    "A learnable logit scale 1/τ, stored as its log and clamped at `max_scale`; read it as `.scale`."
+    def __init__(self,
+                 init_temperature:float=0.07, # τ at initialisation
+                 max_scale:float=100.0, # the clamp of 1/τ
+                ):
+        super().__init__()
+        t = check_positive(init_temperature, "init_temperature")
+        self.max_scale = check_positive(max_scale, "max_scale")
+        if 1 / t > self.max_scale: raise ValueError(f"1/init_temperature = {1 / t:.3g} exceeds max_scale {self.max_scale}")
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1 / t)))
+    @property
+    def scale(self)->torch.Tensor: return self.log_scale.exp().clamp(max=self.max_scale)
+    def extra_repr(self): return f"scale={self.scale.item():.4g}, max_scale={self.max_scale}"
+
+# %% ../nbs/nets.ipynb #c027
+class TinyCLIP(nn.Module):
+    "Image tower + text tower + `LogitScale`; `forward(images, tokens)` returns both embeddings."
+    def __init__(self,
+                 tokenizer, # has `vocab` (a dict), `max_len` and `tokenize(texts) -> (N, max_len)` ids
+                 text:str="transformer", # "transformer" or "bow" (bag of words)
+                 pos_std:float=0.1, # initial scale of the text transformer's positions
+                 pool:str="flatten", # the image tower's pooling: "flatten" keeps the layout, "avg" drops it
+                 dim:int=64, # embedding width
+                 init_temperature:float=0.07, # τ at initialisation
+                 max_scale:float=100.0, # clamp of the logit scale
+                ):
+        super().__init__()
+        check_choice(text, "text", ["transformer", "bow"])
+        for attr in ("vocab", "max_len", "tokenize"):
+            if not hasattr(tokenizer, attr): raise TypeError(f"tokenizer must have `vocab`, `max_len` and `tokenize`; {type(tokenizer).__name__} lacks {attr!r}")
+        self.tokenizer = tokenizer
+        self.image = ImageTower(dim, pool=pool)
+        v = len(tokenizer.vocab)
+        self.text = TextTransformer(v, dim, tokenizer.max_len, pos_std) if text == "transformer" else BagOfWordsText(v, dim)
+        self.logit = LogitScale(init_temperature, max_scale)
+    @property
+    def device(self): return next(self.parameters()).device
+    @property
+    def scale(self)->torch.Tensor: return self.logit.scale
+    def forward(self, images, tokens): return self.image(images), self.text(tokens)
+    @torch.no_grad()
+    def embed_images(self, images, batch_size: int = 1000):
+        "Image embeddings (not normalised), on CPU."
+        return torch.cat([self.image(images[i:i + batch_size].to(self.device)).float().cpu() for i in range(0, len(images), batch_size)])
+    @torch.no_grad()
+    def embed_texts(self, texts, batch_size: int = 1000):
+        "Text embeddings of a list of strings (not normalised), on CPU."
+        tok = self.tokenizer.tokenize(list(texts))
+        return torch.cat([self.text(tok[i:i + batch_size].to(self.device)).float().cpu() for i in range(0, len(tok), batch_size)])
+
+# %% ../nbs/nets.ipynb #c029
 class EMATeacher(nn.Module):
     "A frozen copy of `student` updated as `θ_t ← m θ_t + (1 − m) θ_s` by `update(student)`."
-    def __init__(self, student: nn.Module, momentum: float = 0.99):
+    def __init__(self,
+                 student:nn.Module, # the network to copy
+                 momentum:float=0.99, # m in [0, 1]: 1 freezes the teacher
+                ):
         super().__init__()
         if not 0 <= momentum <= 1: raise ValueError(f"momentum must be in [0, 1], got {momentum}")
         self.module = copy.deepcopy(student).requires_grad_(False); self.momentum = momentum
     @torch.no_grad()
     def update(self, student: nn.Module):
+        "Move the teacher's weights towards `student`'s (buffers are copied)."
         for t, s in zip(self.module.parameters(), student.parameters()): t.lerp_(s.detach(), 1 - self.momentum)
         for t, s in zip(self.module.buffers(), student.buffers()): t.copy_(s)
     def forward(self, *a, **k): return self.module(*a, **k)
+
+# %% ../nbs/nets.ipynb #c032
+@torch.no_grad()
+def encode(
+    fn, # a module, or a bound method of one (e.g. `model.features`)
+    x:torch.Tensor, # inputs: (N, ...)
+    batch_size:int=1024, # rows per forward pass
+    device=None, # where to run (default: the module's device)
+)->torch.Tensor:
+    "Apply `fn` in eval mode over `x` in batches; return CPU float32 outputs."
+    mod = getattr(fn, "__self__", fn)
+    was = mod.training if isinstance(mod, nn.Module) else None
+    if isinstance(mod, nn.Module): mod.eval()
+    dev = device or (next(mod.parameters()).device if isinstance(mod, nn.Module) else "cpu")
+    out = torch.cat([fn(x[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)])
+    if was: mod.train()
+    return out

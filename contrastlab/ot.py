@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import torch
 from .core import check_int, check_positive, check_tensor
+from .distributed import world, all_reduce_sum, all_reduce_max, global_count
 
 # %% auto #0
 __all__ = ['sinkhorn_log', 'equipartition']
@@ -89,14 +90,33 @@ def sinkhorn_log(cost: torch.Tensor, eps: float = 0.05, a: torch.Tensor | None =
     return plan, info
 
 # %% ../nbs/ot.ipynb #c018
-def equipartition(scores: torch.Tensor, eps: float = 0.05, n_iter: int = 3) -> torch.Tensor:
-    """SwAV's Sinkhorn-Knopp in the log domain: soft assignments (B, K) (or (E, B, K)) of B samples to K prototypes
-    from `scores` (higher = closer), each row summing to 1 and each column tending to B/K as `n_iter` grows."""
+def _lse_over_ranks(x: torch.Tensor, dim: int) -> torch.Tensor:
+    "log-sum-exp of `x` along `dim` over the rows of every rank (keepdim)."
+    local = torch.logsumexp(x, dim=dim, keepdim=True)
+    top = all_reduce_max(local)
+    return top + torch.log(all_reduce_sum(torch.exp(local - top)))
+
+def equipartition(
+    scores:torch.Tensor, # sample × prototype scores (B, K) (higher = closer), or a batch (E, B, K)
+    eps:float=0.05, # entropic regularisation ε: the kernel is exp(score/ε)
+    n_iter:int=3, # Sinkhorn–Knopp normalisations (SwAV: 3)
+    gather_distributed:bool=False, # the B samples are spread over ranks: column sums are all-reduced
+)->torch.Tensor:
+    """SwAV's Sinkhorn-Knopp in the log domain: soft assignments (B, K) (or (E, B, K)) of B samples to K prototypes,
+    each row summing to 1 and each column tending to B/K as `n_iter` grows."""
     check_tensor(scores, "scores", ndim=(2, 3), floating=True)
     if not bool(torch.isfinite(scores).all()): raise ValueError("scores contain non-finite values (NaN or ±inf)")
     eps = check_positive(eps, "eps"); n_iter = check_int(n_iter, "n_iter", min_value=1)
     B, K = scores.shape[-2:]
     logq = scores / eps
+    if gather_distributed and world()[1] > 1:
+        if scores.ndim != 2: raise ValueError("gather_distributed takes one (B, K) problem spread over ranks")
+        B = global_count(B, scores.device)
+        logq = logq - _lse_over_ranks(torch.logsumexp(logq, -1, keepdim=True), -2)
+        for _ in range(n_iter):
+            logq = logq - _lse_over_ranks(logq, -2) - math.log(K)                  # each prototype holds 1/K of all ranks' mass
+            logq = logq - torch.logsumexp(logq, dim=-1, keepdim=True) - math.log(B)
+        return torch.exp(logq + math.log(B))
     logq = logq - torch.logsumexp(logq.flatten(-2), -1)[..., None, None]
     for _ in range(n_iter):
         logq = logq - torch.logsumexp(logq, dim=-2, keepdim=True) - math.log(K)    # each prototype holds 1/K

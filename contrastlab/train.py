@@ -1,4 +1,4 @@
-"""A small `fit` loop: progress that degrades to plain lines, a history, callbacks, atomic checkpoints and bit-exact resume.
+"""A small `fit` loop: progress that degrades to plain lines, a history, callbacks, atomic checkpoints and bit-exact resume; and the two-view step every contrastive baseline uses.
 
 Docs: https://contrastlab.github.io/contrastlab/train.html.md"""
 
@@ -10,10 +10,10 @@ import os, sys, time, math, tempfile
 from pathlib import Path
 import torch
 import torch.nn as nn
-from .core import check_int, get_device
+from .core import check_int, check_positive, get_device
 
 # %% auto #0
-__all__ = ['History', 'save_checkpoint', 'load_checkpoint', 'fit']
+__all__ = ['History', 'save_checkpoint', 'load_checkpoint', 'fit', 'two_view_step']
 
 # %% ../nbs/train.ipynb #c005
 class History(dict):
@@ -54,7 +54,10 @@ class _Progress:
         if self.bar is not None: self.bar.close()
 
 # %% ../nbs/train.ipynb #c009
-def save_checkpoint(path, **state):
+def save_checkpoint(
+    path, # where to write
+    **state, # what to save (tensors, state dicts, plain values)
+):
     "Atomically write `state` with `torch.save` (temp file + fsync + rename)."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
@@ -66,29 +69,47 @@ def save_checkpoint(path, **state):
         if os.path.exists(tmp): os.remove(tmp)
         raise
 
-def load_checkpoint(path) -> dict:
+def load_checkpoint(
+    path, # a file written by `save_checkpoint`
+)->dict:
     "Read a checkpoint written by `save_checkpoint`."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"no checkpoint at {path}")
     return torch.load(path, map_location="cpu", weights_only=False)
 
-# %% ../nbs/train.ipynb #c010
-def _scalars(out) -> dict:
-    if isinstance(out, torch.Tensor): return {"loss": out}
-    if isinstance(out, dict) and "loss" in out: return out
-    raise TypeError(f"step_fn must return a loss tensor or a dict with a 'loss' entry, got {type(out).__name__}")
+# %% ../nbs/train.ipynb #c011
+def _scalars(out, manual: bool) -> dict:
+    if isinstance(out, torch.Tensor) and not manual: return {"loss": out}
+    if isinstance(out, dict) and (manual or "loss" in out): return out
+    want = "a dict of scalars" if manual else "a loss tensor or a dict with a 'loss' entry"
+    raise TypeError(f"step_fn must return {want}, got {type(out).__name__}")
 
-def fit(model: nn.Module, step_fn, batches, epochs: int, optimizer: torch.optim.Optimizer, *, scheduler=None,
-        callbacks=(), checkpoint: str | Path | None = None, checkpoint_every: int = 0, resume: bool = False,
-        max_steps: int | None = None, progress: str = "auto", grad_clip: float | None = None) -> History:
-    """Train `model` for `epochs` passes over `batches`, calling `step_fn(model, batch)` for the loss.
-
-    `callbacks`: callables `cb(epoch, model, history)` run after each epoch; a returned dict is logged per epoch.
-    `checkpoint`: path of an atomic checkpoint written every `checkpoint_every` steps (and at the end);
-    `resume=True` continues from it exactly. `max_steps` stops early (counted over the whole run)."""
+def fit(
+    model:nn.Module, # the model to train (its `state_dict` goes into checkpoints)
+    step_fn, # `step_fn(model, batch) -> loss` or a dict of scalars with a "loss"
+    batches, # iterable once per epoch (a sampler; `set_epoch` is called when it has one)
+    epochs:int, # passes over `batches`
+    optimizer:torch.optim.Optimizer|None, # stepped after each batch; None: `step_fn` makes its own updates
+    *,
+    scheduler=None, # stepped after each optimiser step
+    callbacks=(), # `cb(epoch, model, history)` after each epoch; a returned dict is logged per epoch
+    checkpoint:str|Path|None=None, # path of an atomic checkpoint (written at the end, and every `checkpoint_every` steps)
+    checkpoint_every:int=0, # steps between checkpoints (0: only at the end)
+    resume:bool=False, # continue exactly from `checkpoint` when it exists
+    max_steps:int|None=None, # stop after this many steps (counted over the whole run)
+    progress:str="auto", # "auto" (a bar in JupyterLab, lines elsewhere), "plain" or "none"
+    grad_clip:float|None=None, # clip the global gradient norm to this value
+)->History:
+    "Train `model` for `epochs` passes over `batches`, calling `step_fn(model, batch)` for the loss."
     epochs = check_int(epochs, "epochs", min_value=1)
     if progress not in ("auto", "plain", "none"): raise ValueError(f"progress must be 'auto', 'plain' or 'none', got {progress!r}")
+    if grad_clip is not None: grad_clip = check_positive(grad_clip, "grad_clip")
+    if max_steps is not None: max_steps = check_int(max_steps, "max_steps", min_value=1)
     if (checkpoint_every or resume) and checkpoint is None: raise ValueError("checkpoint_every/resume need a checkpoint path")
+    manual = optimizer is None
+    if manual and (scheduler is not None or grad_clip or checkpoint is not None):
+        raise ValueError("with optimizer=None the step function makes its own updates: scheduler, grad_clip and checkpoint need an optimizer")
+    if hasattr(batches, "__len__") and len(batches) == 0: raise ValueError("batches is empty: there is nothing to train on")
     history, step, start_epoch = History(), 0, 0
     if resume and checkpoint is not None and Path(checkpoint).exists():
         ck = load_checkpoint(checkpoint)
@@ -108,19 +129,22 @@ def fit(model: nn.Module, step_fn, batches, epochs: int, optimizer: torch.optim.
             if hasattr(batches, "set_epoch"): batches.set_epoch(epoch)
             skip = step - epoch * per_epoch if per_epoch else 0    # batches of this epoch already done before a resume
             sums, n = {}, 0
-            model.train()
+            if not manual: model.train()
             for i, batch in enumerate(batches):
                 if i < skip: continue
                 if max_steps is not None and step >= max_steps: break
-                out = _scalars(step_fn(model, batch))
-                loss = out["loss"]
-                if not torch.isfinite(loss): raise FloatingPointError(f"non-finite loss {loss.item()} at step {step} (epoch {epoch})")
-                optimizer.zero_grad(set_to_none=True); loss.backward()
-                if grad_clip: torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                optimizer.step()
-                if scheduler is not None: scheduler.step()
+                out = _scalars(step_fn(model, batch), manual)
+                if not manual:
+                    loss = out["loss"]
+                    if not torch.isfinite(loss): raise FloatingPointError(f"non-finite loss {loss.item()} at step {step} (epoch {epoch})")
+                    optimizer.zero_grad(set_to_none=True); loss.backward()
+                    if grad_clip: torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                    optimizer.step()
+                    if scheduler is not None: scheduler.step()
                 step += 1
                 vals = {k: (v.item() if isinstance(v, torch.Tensor) else float(v)) for k, v in out.items()}
+                if manual and not all(math.isfinite(v) for v in vals.values()):
+                    raise FloatingPointError(f"non-finite value in {vals} at step {step} (epoch {epoch})")
                 history.log_step(step, vals); n += 1
                 for k, v in vals.items(): sums[k] = sums.get(k, 0.0) + v
                 if checkpoint_every and step % checkpoint_every == 0:
@@ -136,3 +160,15 @@ def fit(model: nn.Module, step_fn, batches, epochs: int, optimizer: torch.optim.
         bar.close()
     snapshot(epochs if max_steps is None or step < max_steps else (step // per_epoch if per_epoch else epochs))
     return history
+
+# %% ../nbs/train.ipynb #c019
+def two_view_step(
+    views, # `views(x) -> (view1, view2)` (e.g. `data.TwoViews(Augment1D())`)
+    x:torch.Tensor, # the whole training set, on the model's device
+    loss_fn, # `loss_fn(z1, z2) -> loss` (e.g. `functools.partial(info_nce, temperature=0.2)`)
+):
+    "A `step_fn` for `fit`: batch indices → `loss_fn` of the model's outputs on two views of `x[idx]`."
+    def step(model, idx):
+        a, b = views(x[idx])
+        return loss_fn(model(a), model(b))
+    return step

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from .core import check_choice
-from .metrics import _emb, _labels, singular_values, uniformity
+from .metrics import as_embeddings as _emb, as_labels as _labels, singular_values, uniformity
 
 # %% auto #0
 __all__ = ['PALETTE', 'project_2d', 'embedding_map', 'embedding_maps', 'align_uniform_plane', 'singular_spectrum',

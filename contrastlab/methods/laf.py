@@ -12,16 +12,22 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from ..core import get_device, seed_everything, generator, check_int, check_positive, check_choice, check_tensor
-from ..metrics import linear_cka, uniformity
+from ..core import (get_device, seed_everything, generator, check_int, check_positive, check_choice, check_tensor,
+                              check_labels, check_fraction, check_embeddings, check_pair)
+from ..data import StreamBatches, PairedBatches
+from ..nets import encode
+from ..losses import loss_module
+from ..metrics import (linear_cka, uniformity, auroc, probe_auroc, sorted_softmax_attack, loss_attack_auc, lira_scores,
+                                 auc_standard_error)
+from ..registry import Paper, LossSpec, Example, register_paper, register_loss
+from ..train import fit
 
 # %% auto #0
-__all__ = ['SplitClassifier', 'check_protocol', 'make_classifier', 'train_classifier', 'predict', 'UnlearningSplit',
-           'class_removal_split', 'random_removal_split', 'noisy_label_split', 'RepVAE', 'vae_loss', 'fit_vae',
-           'LAFConfig', 'official_lrs', 'ue_loss', 'ra_loss', 'fit_representation_vaes', 'laf_unlearn', 'laf_repair',
-           'label_subset', 'retrain', 'finetune_baseline', 'neggrad_baseline', 'relabel_baseline', 'UnlearningTask',
-           'auc_standard_error', 'mia_official', 'residual_probe_auc', 'shadow_models', 'lira_scores',
-           'evaluate_unlearning', 'geometry_report']
+__all__ = ['UELoss', 'RALoss', 'SplitClassifier', 'check_protocol', 'make_classifier', 'train_classifier', 'predict',
+           'UnlearningSplit', 'class_removal_split', 'random_removal_split', 'noisy_label_split', 'RepVAE', 'vae_loss',
+           'fit_vae', 'LAFConfig', 'official_lrs', 'ue_loss', 'ra_loss', 'fit_representation_vaes', 'laf_unlearn',
+           'laf_repair', 'label_subset', 'retrain', 'finetune_baseline', 'neggrad_baseline', 'relabel_baseline',
+           'UnlearningTask', 'shadow_models', 'evaluate_unlearning', 'geometry_report']
 
 # %% ../../nbs/methods/laf.ipynb #c007
 class SplitClassifier(nn.Module):
@@ -81,41 +87,44 @@ def make_classifier(input_shape, n_classes: int = 10, emb_dim: int = 64, width: 
     return SplitClassifier(extractor, nn.Linear(emb_dim, n_classes))
 
 # %% ../../nbs/methods/laf.ipynb #c014
-def _batches(n: int, batch_size: int, g: torch.Generator, drop_last: bool = False):
-    order = torch.randperm(n, generator=g)
-    stop = n - n % batch_size if (drop_last and n >= batch_size) else n
-    return [order[i:i + batch_size] for i in range(0, stop, batch_size)]
-
 def _check_xy(model, x, y, name="x"):
     check_protocol(model, x, name)
-    check_tensor(y, "y", ndim=1, floating=False)
-    if len(y) != len(x): raise ValueError(f"{name} and y must have the same length, got {len(x)} and {len(y)}")
+    check_labels(y, "y", n=len(x))
 
-def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 40, lr: float = 3e-3,
-                     batch_size: int = 64, seed: int = 0, params=None, ascent: bool = False) -> nn.Module:
-    "Cross-entropy training of `model` on `(x, y)` in place (Adam); `params` restricts the trained parameters; `ascent` maximises the loss."
+def train_classifier(
+    model:nn.Module, # a classifier in the extractor/head protocol, trained in place
+    x:torch.Tensor, # inputs (N, ...)
+    y:torch.Tensor, # labels (N,)
+    epochs:int=40, # passes over the data (0: no training)
+    lr:float=3e-3, # Adam's learning rate
+    batch_size:int=64, # rows per batch
+    seed:int=0, # seed of the batch order
+    params=None, # the parameters to train (default: all)
+    ascent:bool=False, # maximise the loss instead (gradient ascent, the NegGrad baseline)
+)->nn.Module:
+    "Cross-entropy training of `model` on `(x, y)` with `fit` (Adam); returns it in eval mode."
     _check_xy(model, x, y)
     check_int(epochs, "epochs", min_value=0); check_positive(lr, "lr"); check_int(batch_size, "batch_size", min_value=1)
+    if epochs == 0: return model.eval()
     dev = next(model.parameters()).device
     x, y = x.to(dev), y.to(dev)
     opt = torch.optim.Adam(model.parameters() if params is None else params, lr)
-    g = generator(seed); model.train()
-    for _ in range(epochs):
-        for idx in _batches(len(x), batch_size, g):
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True); (-loss if ascent else loss).backward(); opt.step()
+    sign = -1.0 if ascent else 1.0
+    step = lambda m, idx: sign * F.cross_entropy(m(x[idx]), y[idx]) if ascent else F.cross_entropy(m(x[idx]), y[idx])
+    fit(model, step, StreamBatches(len(x), batch_size, generator(seed)), epochs, opt, progress="none")
     return model.eval()
 
-@torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2048, embed: bool = False) -> torch.Tensor:
-    "Logits (or, with `embed=True`, extractor embeddings) of `x` in eval mode, as CPU float32."
-    dev = next(model.parameters()).device
-    was = model.training; model.eval()
-    fn = model.extractor if embed else model
-    out = torch.cat([fn(x[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)])
-    model.train(was); return out
+# %% ../../nbs/methods/laf.ipynb #c015
+def predict(
+    model:nn.Module, # a classifier in the extractor/head protocol
+    x:torch.Tensor, # inputs (N, ...)
+    batch_size:int=2048, # rows per forward pass
+    embed:bool=False, # return the extractor's embeddings instead of the logits
+)->torch.Tensor:
+    "Logits (or extractor embeddings) of `x` in eval mode, as CPU float32."
+    return encode(model.extractor if embed else model, x, batch_size)
 
-# %% ../../nbs/methods/laf.ipynb #c018
+# %% ../../nbs/methods/laf.ipynb #c019
 @dataclass
 class UnlearningSplit:
     "Which training rows are forgotten / remain, the training labels the Original sees, and how to match non-members."
@@ -160,7 +169,7 @@ def _noisy_labels(labels, n_classes, g, faithful_bug=False):
     shift = torch.randint(1, n_classes, labels.shape, generator=g)
     return (labels + shift) % n_classes      # uniform over the other classes
 
-# %% ../../nbs/methods/laf.ipynb #c019
+# %% ../../nbs/methods/laf.ipynb #c020
 def class_removal_split(y: torch.Tensor, forget_class: int = 0, n_classes: int = 10) -> UnlearningSplit:
     "Forget every training row of class `forget_class`."
     n_classes = _check_labels(y, n_classes)
@@ -187,7 +196,7 @@ def noisy_label_split(y: torch.Tensor, classes=(0, 1, 2, 3, 4), fraction: float 
     split.kind, split.y_train, split.faithful_bug = "noisy", y_train, faithful_bug
     return split
 
-# %% ../../nbs/methods/laf.ipynb #c024
+# %% ../../nbs/methods/laf.ipynb #c025
 class RepVAE(nn.Module):
     "A small VAE on embeddings: D → hidden → (μ, log σ²) → hidden → D, decoder output linear or sigmoid."
     def __init__(self, dim: int, hidden=(32, 16), latent: int = 4, decoder: str = "linear"):
@@ -219,20 +228,26 @@ def vae_loss(vae: RepVAE, e: torch.Tensor, kl_weight: float = 0.025) -> torch.Te
     kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
     return (rec - e).pow(2).sum(1).mean() + kl_weight * kl.mean()
 
-def fit_vae(e: torch.Tensor, epochs: int = 15, lr: float = 1e-3, batch_size: int = 32, latent: int = 4,
-            decoder: str = "linear", kl_weight: float = 0.025, seed: int = 0) -> RepVAE:
-    "Fit a `RepVAE` to fixed embeddings `e` (N, D); return it frozen, in eval mode."
+def fit_vae(
+    e:torch.Tensor, # fixed embeddings (N, D)
+    epochs:int=15, # passes
+    lr:float=1e-3, # Adam's learning rate
+    batch_size:int=32, # rows per batch
+    latent:int=4, # latent width
+    decoder:str="linear", # "linear" or "sigmoid" output
+    kl_weight:float=0.025, # weight of the KL term
+    seed:int=0, # seed of the initialisation, the batches and the sampling
+)->RepVAE:
+    "Fit a `RepVAE` to fixed embeddings with `fit`; return it frozen, in eval mode."
     check_tensor(e, "e", ndim=2, floating=True, finite=True, min_rows=2)
     torch.manual_seed(seed)
     vae = RepVAE(e.shape[1], latent=latent, decoder=decoder).to(e.device)
-    opt = torch.optim.Adam(vae.parameters(), lr); g = generator(seed)
-    for _ in range(check_int(epochs, "epochs", min_value=1)):
-        for idx in _batches(len(e), batch_size, g):
-            loss = vae_loss(vae, e[idx], kl_weight)
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+    opt = torch.optim.Adam(vae.parameters(), lr)
+    fit(vae, lambda m, idx: vae_loss(m, e[idx], kl_weight), StreamBatches(len(e), batch_size, generator(seed)),
+        check_int(epochs, "epochs", min_value=1), opt, progress="none")
     return vae.eval().requires_grad_(False)
 
-# %% ../../nbs/methods/laf.ipynb #c028
+# %% ../../nbs/methods/laf.ipynb #c029
 @dataclass
 class LAFConfig:
     "Knobs of LAF. Defaults: the calibrated, scaled choices; see `official_lrs` and the options for the official ones."
@@ -267,20 +282,40 @@ def official_lrs(config: LAFConfig | None = None) -> LAFConfig:
     "A copy of `config` with the official CNN learning rates (lr_ue 5e-5, lr_ra 1e-4)."
     c = copy.deepcopy(config or LAFConfig()); c.lr_ue, c.lr_ra = 5e-5, 1e-4; return c
 
-# %% ../../nbs/methods/laf.ipynb #c030
-def ue_loss(h: nn.Module, vae_r: RepVAE, vae_f: RepVAE, x_r: torch.Tensor, x_f: torch.Tensor, transform: str = "saturating"):
-    "L_UE: remaining embeddings easy for φ_r, forget embeddings hard for φ_f (summed over the batch)."
+# %% ../../nbs/methods/laf.ipynb #c031
+def ue_loss(
+    e_remain:torch.Tensor, # current embeddings of remaining rows (B, D)
+    e_forget:torch.Tensor, # current embeddings of forget rows (B', D)
+    vae_remain:nn.Module, # φ_r, the frozen VAE fitted to remaining embeddings
+    vae_forget:nn.Module, # φ_f, the frozen VAE fitted to forget embeddings
+    transform:str="saturating", # "saturating" (official exp(ℓ/(ℓ+1))) or "linear" (ℓ)
+    sample:bool=True, # sample the VAEs' latents (the official code does)
+)->torch.Tensor:
+    "LAF's L_UE (Shen et al. 2024): remaining embeddings easy for φ_r, forget embeddings hard for φ_f (summed over the batch)."
+    check_choice(transform, "transform", ["saturating", "linear"])
+    check_embeddings(e_remain, "e_remain"); check_embeddings(e_forget, "e_forget")
+    if e_remain.shape[1] != e_forget.shape[1]:
+        raise ValueError(f"e_remain and e_forget must have the same width, got {tuple(e_remain.shape)} and {tuple(e_forget.shape)}")
+    dt = next(vae_remain.parameters()).dtype
     T = (lambda l: torch.exp(l / (l + 1))) if transform == "saturating" else (lambda l: l)
-    return T(vae_r.recon_error(h(x_r))).sum() - T(vae_f.recon_error(h(x_f))).sum()
+    return T(vae_remain.recon_error(e_remain.to(dt), sample)).sum() - T(vae_forget.recon_error(e_forget.to(dt), sample)).sum()
 
-def ra_loss(h: nn.Module, h0: nn.Module, x_r: torch.Tensor, x_f: torch.Tensor, temperature: float = 20.0):
-    "L_RA: Σ_r [d_r − log Σ_f exp(d_f/τ)] with d = 1 − cos(h(x), h₀(x))."
-    with torch.no_grad(): t_r, t_f = h0(x_r), h0(x_f)
-    d_r = 1 - F.cosine_similarity(h(x_r), t_r, dim=1)
-    d_f = 1 - F.cosine_similarity(h(x_f), t_f, dim=1)
+# %% ../../nbs/methods/laf.ipynb #c032
+def ra_loss(
+    e_remain:torch.Tensor, # current embeddings of remaining rows (B, D)
+    e_forget:torch.Tensor, # current embeddings of forget rows (B', D)
+    t_remain:torch.Tensor, # the Original's embeddings of the same remaining rows (B, D)
+    t_forget:torch.Tensor, # the Original's embeddings of the same forget rows (B', D)
+    temperature:float=20.0, # τ of the forget term
+)->torch.Tensor:
+    "LAF's L_RA: Σ_r [d_r − log Σ_f exp(d_f/τ)] with d = 1 − cos(embedding, the Original's embedding)."
+    check_pair(e_remain, t_remain, ("e_remain", "t_remain")); check_pair(e_forget, t_forget, ("e_forget", "t_forget"))
+    temperature = check_positive(temperature, "temperature")
+    d_r = 1 - F.cosine_similarity(e_remain, t_remain.detach(), dim=1)
+    d_f = 1 - F.cosine_similarity(e_forget, t_forget.detach(), dim=1)
     return (d_r - torch.logsumexp(d_f / temperature, 0)).sum()
 
-# %% ../../nbs/methods/laf.ipynb #c031
+# %% ../../nbs/methods/laf.ipynb #c033
 def fit_representation_vaes(model: nn.Module, x_forget: torch.Tensor, x_remain: torch.Tensor, config: LAFConfig | None = None):
     "Stage 1: fit φ_r (on remain, or all data) and φ_f (on forget) to the frozen extractor's embeddings."
     cfg = (config or LAFConfig()).validate()
@@ -326,20 +361,22 @@ def laf_unlearn(model: nn.Module, x_forget: torch.Tensor, x_remain: torch.Tensor
     params = [p for p in h.parameters() if p.requires_grad]
     opt_ue, opt_ra = torch.optim.Adam(params, cfg.lr_ue), torch.optim.Adam(params, cfg.lr_ra)
     g = generator(cfg.seed); torch.manual_seed(cfg.seed)
-    hist = dict(ue=[], ra=[])
-    for _ in range(cfg.epochs):
-        for bf, br in zip(_batches(len(x_f), cfg.batch_size, g), _batches(len(x_r), cfg.batch_size, g)):
-            xf, xr = x_f[bf], x_r[br]
-            if cfg.use_ue and cfg.lr_ue > 0:
-                loss = ue_loss(h, vae_r, vae_f, xr, xf, cfg.ue_transform)
-                opt_ue.zero_grad(set_to_none=True); loss.backward(); opt_ue.step(); hist["ue"].append(loss.item())
-            if cfg.use_ra and cfg.lr_ra > 0:
-                loss = ra_loss(h, h0, xr, xf, cfg.temperature)
-                opt_ra.zero_grad(set_to_none=True); loss.backward(); opt_ra.step(); hist["ra"].append(loss.item())
+    def step(h, batch):                    # two updates per batch pair, each with its own Adam: fit's manual mode
+        bf, br = batch; xf, xr = x_f[bf], x_r[br]; logged = {}
+        if cfg.use_ue and cfg.lr_ue > 0:
+            loss = ue_loss(h(xr), h(xf), vae_r, vae_f, cfg.ue_transform)
+            opt_ue.zero_grad(set_to_none=True); loss.backward(); opt_ue.step(); logged["ue"] = loss.item()
+        if cfg.use_ra and cfg.lr_ra > 0:
+            with torch.no_grad(): t_r, t_f = h0(xr), h0(xf)
+            loss = ra_loss(h(xr), h(xf), t_r, t_f, cfg.temperature)
+            opt_ra.zero_grad(set_to_none=True); loss.backward(); opt_ra.step(); logged["ra"] = loss.item()
+        return logged
+    batches = PairedBatches(StreamBatches(len(x_f), cfg.batch_size, g), StreamBatches(len(x_r), cfg.batch_size, g))
+    hist = fit(h, step, batches, cfg.epochs, None, progress="none")
     out.eval().requires_grad_(True)
     return out, hist
 
-# %% ../../nbs/methods/laf.ipynb #c035
+# %% ../../nbs/methods/laf.ipynb #c037
 def laf_repair(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 10, lr: float = 1e-3,
                batch_size: int = 32, seed: int = 0) -> nn.Module:
     "LAF+R: a copy of `model` whose head is fine-tuned on labelled remaining rows `(x, y)` (extractor frozen)."
@@ -352,11 +389,10 @@ def laf_repair(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int =
 
 def label_subset(n: int, fraction: float = 0.1, seed: int = 0) -> torch.Tensor:
     "A seeded random `fraction` of `range(n)` (at least one index): which remaining rows LAF+R may see labelled."
-    n = check_int(n, "n", min_value=1)
-    if not 0 < fraction <= 1: raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    n = check_int(n, "n", min_value=1); fraction = check_fraction(fraction, "fraction")
     return torch.randperm(n, generator=generator(seed))[: max(1, int(round(fraction * n)))].sort().values
 
-# %% ../../nbs/methods/laf.ipynb #c038
+# %% ../../nbs/methods/laf.ipynb #c040
 def retrain(make_model, x: torch.Tensor, y: torch.Tensor, split: UnlearningSplit, seed: int = 0, **train_kw) -> nn.Module:
     "The gold standard: a fresh `make_model()` trained on the remaining rows only."
     torch.manual_seed(seed)
@@ -378,7 +414,7 @@ def relabel_baseline(model, x_forget, y_forget, x_remain, y_remain, n_classes: i
     wrong = (y_forget + torch.randint(1, n_classes, y_forget.shape, generator=generator(seed))) % n_classes
     return train_classifier(copy.deepcopy(model), torch.cat([x_forget, x_remain]), torch.cat([wrong, y_remain]), epochs, lr, 64, seed)
 
-# %% ../../nbs/methods/laf.ipynb #c042
+# %% ../../nbs/methods/laf.ipynb #c044
 @dataclass
 class UnlearningTask:
     "Training and test data, the split, and the fixed random halves of the test set used by the attacks."
@@ -416,52 +452,15 @@ class UnlearningTask:
     @property
     def y_remain(self): return self.split.y_train[self.split.remain]
 
-# %% ../../nbs/methods/laf.ipynb #c043
+# %% ../../nbs/methods/laf.ipynb #c045
 def _acc(logits, y): return float((logits.argmax(1) == y).float().mean() * 100) if len(y) else float("nan")
 
-def _sorted_probs(logits): return torch.softmax(logits.double(), 1).sort(1, descending=True).values.numpy()
-
 def _auc(pos_scores, neg_scores) -> float:
-    from sklearn.metrics import roc_auc_score
-    s = np.concatenate([np.asarray(pos_scores, float), np.asarray(neg_scores, float)])
-    return float(roc_auc_score(np.r_[np.ones(len(pos_scores)), np.zeros(len(neg_scores))], s))
-
-def auc_standard_error(auc: float, n_pos: int, n_neg: int) -> float:
-    "Hanley–McNeil standard error of an AUROC from `n_pos` positives and `n_neg` negatives."
-    q1, q2 = auc / (2 - auc), 2 * auc ** 2 / (1 + auc)
-    return float(math.sqrt(max(auc * (1 - auc) + (n_pos - 1) * (q1 - auc ** 2) + (n_neg - 1) * (q2 - auc ** 2), 0) / (n_pos * n_neg)))
-
-def mia_official(logits_members, logits_nonmembers, logits_target, logits_target_non, logits_heldout=None, seed: int = 0) -> dict:
-    "Sorted-softmax attack: train a gradient-boosted classifier on members vs non-members, report its accuracy on target vs non-members."
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    Xtr = np.concatenate([_sorted_probs(logits_members), _sorted_probs(logits_nonmembers)])
-    ytr = np.r_[np.ones(len(logits_members)), np.zeros(len(logits_nonmembers))]
-    clf = HistGradientBoostingClassifier(max_iter=100, random_state=seed).fit(Xtr, ytr)
-    n = min(len(logits_target), len(logits_target_non))
-    def acc(pos, neg):
-        X = np.concatenate([_sorted_probs(pos[:n]), _sorted_probs(neg[:n])])
-        return float((clf.predict(X) == np.r_[np.ones(n), np.zeros(n)]).mean())
-    out = dict(mia=acc(logits_target, logits_target_non))
-    if logits_heldout is not None: out["mia_attacker_acc"] = acc(logits_heldout, logits_target_non)
-    return out
-
-def residual_probe_auc(e_a, is_forgot_a, e_b, is_forgot_b) -> float:
-    "AUROC of a logistic-regression probe for the forgotten class on frozen embeddings (fit on a, scored on b)."
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(e_a.numpy(), is_forgot_a.numpy())
-    p = clf.predict_proba(e_b.numpy())[:, 1]
-    return _auc(p[is_forgot_b.numpy()], p[~is_forgot_b.numpy()])
+    "AUROC of telling `pos_scores` from `neg_scores`."
+    return auroc(np.concatenate([np.asarray(pos_scores, float), np.asarray(neg_scores, float)]),
+                 np.r_[np.ones(len(pos_scores)), np.zeros(len(neg_scores))])
 
 # %% ../../nbs/methods/laf.ipynb #c046
-def _losses(logits, y): return F.cross_entropy(logits.double(), y, reduction="none").numpy()
-
-def _logit_conf(logits, y):
-    "log p_y − log(1 − p_y), stable in float64: LiRA's logit-scaled confidence."
-    l = logits.double(); ly = l.gather(1, y[:, None]).squeeze(1)
-    return (ly - l.scatter(1, y[:, None], float("-inf")).logsumexp(1)).numpy()
-
 def shadow_models(make_model, task: UnlearningTask, k: int = 4, fraction: float = 0.5, seed: int = 0, **train_kw) -> list:
     "`k` shadow models of the Original's recipe, each on a random `fraction` of the remaining rows outside the held-out members."
     check_int(k, "k", min_value=1)
@@ -474,13 +473,11 @@ def shadow_models(make_model, task: UnlearningTask, k: int = 4, fraction: float 
         out.append(train_classifier(make_model(), task.x[idx], task.y_train[idx], seed=s, **train_kw))
     return out
 
-def lira_scores(model, shadows: list, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-    "Offline LiRA: the model's logit-scaled confidence on each row, standardised by that row's mean and spread over shadow models that never saw it."
-    s = np.stack([_logit_conf(predict(m, x), y) for m in shadows])
-    mu, sd = s.mean(0), (s.std(0) if len(shadows) > 1 else np.ones(s.shape[1]))
-    return (_logit_conf(predict(model, x), y) - mu) / (sd + 1e-3)
+def _lira(model, shadows, x, y):
+    "LiRA scores of `model` on `(x, y)` against `shadows` (`metrics.lira_scores` on their logits)."
+    return lira_scores(predict(model, x), [predict(m, x) for m in shadows], y)
 
-# %% ../../nbs/methods/laf.ipynb #c049
+# %% ../../nbs/methods/laf.ipynb #c048
 def evaluate_unlearning(model: nn.Module, task: UnlearningTask, shadows: list | None = None) -> dict:
     "Accuracies, the official MIA with its attacker's own accuracy, loss and (with `shadows`) LiRA attacks, residual probe."
     check_protocol(model, task.x[:2], "task.x")
@@ -494,24 +491,24 @@ def evaluate_unlearning(model: nn.Module, task: UnlearningTask, shadows: list | 
     if sp.kind == "class": r["per_class_test"] = [_acc(lt[yt == c], yt[yt == c]) for c in range(sp.n_classes)]
     if sp.kind == "noisy": r["acc_forget_true_labels"] = _acc(lf, task.y[sp.forget])
     # official-style MIA: members from D_r vs test half A; evaluated on D_f vs test half B
-    r.update(mia_official(lr[task.members_train], lt[task.test_a], lf, lt[task.test_b], lr[task.members_heldout], task.seed))
+    r.update(sorted_softmax_attack(lr[task.members_train], lt[task.test_a], lf, lt[task.test_b], lr[task.members_heldout], task.seed))
     # loss attacks: D_f vs distribution-matched non-members; power = held-out D_r vs test rows of the classes D_r covers
     nm_idx, nm_y = sp.matched_nonmembers(yt)
     held = sp.remain[task.members_heldout]; held_y = task.y_train[held]
     other = torch.nonzero(~in_f).squeeze(1) if sp.kind == "class" else torch.arange(len(yt))
-    r["loss_auc"] = _auc(-_losses(lf, task.y_forget), -_losses(lt[nm_idx], nm_y))
-    r["loss_power"] = _auc(-_losses(lx[held], held_y), -_losses(lt[other], yt[other]))
+    r["loss_auc"] = loss_attack_auc(lf, task.y_forget, lt[nm_idx], nm_y)
+    r["loss_power"] = loss_attack_auc(lx[held], held_y, lt[other], yt[other])
     r["power_se"] = auc_standard_error(r["loss_power"], len(held), len(other))   # about the same for both attacks
     if shadows:
-        r["lira_auc"] = _auc(lira_scores(model, shadows, task.x_forget, task.y_forget), lira_scores(model, shadows, task.x_test[nm_idx], nm_y))
-        r["lira_power"] = _auc(lira_scores(model, shadows, task.x[held], held_y), lira_scores(model, shadows, task.x_test[other], yt[other]))
+        r["lira_auc"] = _auc(_lira(model, shadows, task.x_forget, task.y_forget), _lira(model, shadows, task.x_test[nm_idx], nm_y))
+        r["lira_power"] = _auc(_lira(model, shadows, task.x[held], held_y), _lira(model, shadows, task.x_test[other], yt[other]))
     if sp.kind == "class":
         e = predict(model, task.x_test, embed=True)
         a, b = task.test_a, task.test_b
-        r["residual_auc"] = residual_probe_auc(e[a], in_f[a], e[b], in_f[b])
+        r["residual_auc"] = probe_auroc(e[a], in_f[a], e[b], in_f[b])
     return r
 
-# %% ../../nbs/methods/laf.ipynb #c052
+# %% ../../nbs/methods/laf.ipynb #c051
 def geometry_report(model: nn.Module, original: nn.Module, retrained: nn.Module, task: UnlearningTask, max_rows: int = 1000) -> dict:
     "Cosine to the Original's embeddings, linear CKA to Retrain and uniformity, on D_r and D_f (up to `max_rows` rows each)."
     out = {}
@@ -524,3 +521,29 @@ def geometry_report(model: nn.Module, original: nn.Module, retrained: nn.Module,
         out[f"cka_to_retrain_{name}"] = linear_cka(e, er)
         out[f"uniformity_{name}"] = uniformity(e)
     return out
+
+# %% ../../nbs/methods/laf.ipynb #c054
+UELoss = loss_module(ue_loss, "UELoss")
+RALoss = loss_module(ra_loss, "RALoss")
+
+def _ue_example(dtype, seed):
+    torch.manual_seed(seed)
+    vr, vf = RepVAE(4).to(dtype if dtype == torch.float64 else torch.float32), RepVAE(4).to(dtype if dtype == torch.float64 else torch.float32)
+    g = generator(seed)
+    return Example(dict(e_remain=torch.randn(6, 4, generator=g).to(dtype), e_forget=torch.randn(5, 4, generator=g).to(dtype)),
+                   dict(vae_remain=vr.eval(), vae_forget=vf.eval(), sample=False))
+
+def _ra_example(dtype, seed):
+    g = generator(seed); r = lambda n: torch.randn(n, 4, generator=g).to(dtype)
+    return Example(dict(e_remain=r(6), e_forget=r(6), t_remain=r(6), t_forget=r(6)), dict(temperature=5.0))
+
+register_loss(LossSpec("ue_loss", ue_loss, UELoss, _ue_example, batch_args=("e_remain",), embedding_args=("e_remain", "e_forget"),
+                       temperature_arg=None, paper="laf"))
+register_loss(LossSpec("ra_loss", ra_loss, RALoss, _ra_example, batch_args=("e_remain", "t_remain"),
+                       embedding_args=("e_remain", "e_forget", "t_remain", "t_forget"), paper="laf"))
+register_paper(Paper(
+    key="laf", title="Label-Agnostic Forgetting: A Supervision-Free Unlearning in Deep Models",
+    authors="Shen, Zhang, Zhao, et al.", year=2024, venue="ICLR 2024", arxiv="2404.00506", code="ShaofeiShen768/LAF",
+    family="methods", module="contrastlab.methods.laf", losses=("ue_loss", "ra_loss"),
+    components=("laf_unlearn", "laf_repair", "fit_representation_vaes", "RepVAE", "evaluate_unlearning", "class_removal_split"),
+    summary="unlearning without labels: representation VAEs and a contrastive alignment to the original model"))

@@ -11,25 +11,30 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from ..core import get_device, seed_everything, generator, check_int, check_positive, check_choice, check_tensor
-from ..data import load_digits_data, make_mnist1d, Augment1D, Augment2D, TwoViews, BatchSampler, BalancedBatchSampler
-from ..nets import Conv1dEncoder, SmallCNN, ProjectionHead
-from ..losses import normalize
-from ..metrics import linear_probe, knn_accuracy, linear_cka
-from ..train import fit
-from .simclr import SimCLR, simclr_step, encode
+from dataclasses import dataclass
+from functools import partial
+from ..core import (get_device, seed_everything, generator, check_int, check_positive, check_choice, check_tensor,
+                              check_embeddings, check_pair, check_labels, configure)
+from ..data import make_mnist1d, Augment1D, Augment2D, TwoViews, BatchSampler, BalancedBatchSampler
+from ..nets import Conv1dEncoder, SmallCNN, ProjectionHead, ProjectedEncoder, encode
+from ..losses import normalize, info_nce, alignment_loss, uniformity_loss, sq_dists, replace_rows, loss_module
+from ..metrics import linear_probe, knn_accuracy, linear_cka, auroc
+from ..registry import Paper, LossSpec, Example, register_paper, register_loss
+from ..train import fit, two_view_step
 
 # %% auto #0
-__all__ = ['GLYPHS', 'CORNERS', 'PATTERNS', 'POSITIONS_1D', 'OFFICIAL_WEIGHTS', 'render_glyphs', 'make_contrastive_digits',
-           'salient_patterns', 'make_contrastive_1d', 'sq_dists', 'align_loss', 'unif_loss', 'jem_loss', 'check_groups',
-           'sepclr_loss', 'default_encoder', 'SepCLR', 'sepclr_step', 'default_augment', 'train_sepclr',
-           'train_simclr_baseline', 'auroc', 'cross_probes', 'evaluate_sepclr', 'probe_heatmap']
+__all__ = ['GLYPHS', 'CORNERS', 'PATTERNS', 'POSITIONS_1D', 'OFFICIAL_WEIGHTS', 'SepCLRLoss', 'JEMLoss', 'salient_glyphs',
+           'make_contrastive_digits', 'salient_patterns', 'make_contrastive_1d', 'jem_loss', 'check_groups',
+           'sepclr_loss', 'default_encoder', 'SepCLR', 'SepCLRConfig', 'sepclr_step', 'default_augment', 'train_sepclr',
+           'BaselineConfig', 'train_simclr_baseline', 'cross_probes', 'evaluate_sepclr', 'probe_heatmap']
 
 # %% ../../nbs/methods/sepclr.ipynb #c007
 GLYPHS = ("circle", "square", "triangle", "cross")
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 
-def render_glyphs(size: int = 8) -> torch.Tensor:
+def salient_glyphs(
+    size:int=8, # side of the glyphs, in pixels
+)->torch.Tensor:
     "The four salient glyphs (circle, square, triangle, cross) as a (4, size, size) float tensor in [0, 1], drawn with PIL."
     from PIL import Image, ImageDraw
     size = check_int(size, "size", min_value=5)
@@ -45,7 +50,7 @@ def render_glyphs(size: int = 8) -> torch.Tensor:
         out.append(torch.tensor(np.asarray(im, dtype=np.float32) / 255.0))
     return torch.stack(out)
 
-# %% ../../nbs/methods/sepclr.ipynb #c008
+# %% ../../nbs/methods/sepclr.ipynb #c009
 def _split_digits(seed: int, test_fraction: float = 0.2):
     "sklearn digits (N, 1, 8, 8) split by a seeded permutation: train and test digit *images* are disjoint."
     from sklearn.datasets import load_digits
@@ -86,7 +91,7 @@ def make_contrastive_digits(n_train: int = 3000, n_test: int = 600, placement: s
     check_choice(placement, "placement", ["fixed", "random"]); check_int(corner, "corner", 0, 3)
     if canvas < digit_size + 2 * jitter: raise ValueError(f"canvas {canvas} too small for a {digit_size}px digit with ±{jitter} jitter")
     if canvas < glyph_size + 2 * inset: raise ValueError(f"canvas {canvas} too small for a {glyph_size}px glyph at inset {inset}")
-    glyphs = render_glyphs(glyph_size)
+    glyphs = salient_glyphs(glyph_size)
     (xtr, ytr), (xte, yte) = _split_digits(seed)
     g = generator(seed + 1)
     tr = _draw_split(xtr, ytr, n_train, placement, corner, glyphs, canvas, digit_size, jitter, inset, g)
@@ -94,7 +99,7 @@ def make_contrastive_digits(n_train: int = 3000, n_test: int = 600, placement: s
     return dict(**tr, **{k + "_test": v for k, v in te.items()}, glyph_names=GLYPHS, position_names=CORNERS,
                 placement=placement, kind="digits-2d")
 
-# %% ../../nbs/methods/sepclr.ipynb #c012
+# %% ../../nbs/methods/sepclr.ipynb #c013
 PATTERNS = ("bump", "sine", "square", "ramp")
 POSITIONS_1D = (6, 15, 24, 33)
 
@@ -129,33 +134,20 @@ def make_contrastive_1d(n_train: int = 2000, n_test: int = 500, placement: str =
     return dict(**tr, **{k + "_test": v for k, v in te.items()}, glyph_names=PATTERNS,
                 position_names=tuple(f"t={p}" for p in POSITIONS_1D), placement=placement, kind="mnist1d")
 
-# %% ../../nbs/methods/sepclr.ipynb #c016
-def sq_dists(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    "Pairwise squared Euclidean distances (N, M), from explicit differences: finite gradients even at distance 0."
-    b = a if b is None else b
-    return (a.unsqueeze(1) - b.unsqueeze(0)).pow(2).sum(-1)
-
-def align_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    "Alignment: mean ‖a_i − b_i‖² over the rows (positive pairs)."
-    if a.shape != b.shape: raise ValueError(f"align_loss needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
-    if len(a) == 0: raise ValueError("align_loss got no rows")
-    return (a - b).pow(2).sum(1).mean()
-
-def unif_loss(a: torch.Tensor, t: float = 1.0) -> torch.Tensor:
-    "Uniformity: log mean_{i<j} exp(−t ‖a_i − a_j‖²) (SepCLR uses t = 1); no normalisation is applied."
-    if a.ndim != 2 or len(a) < 2: raise ValueError(f"unif_loss needs a (N ≥ 2, D) matrix, got shape {tuple(a.shape)}")
-    n = len(a); iu = torch.triu_indices(n, n, 1, device=a.device)
-    d = sq_dists(a)[iu[0], iu[1]]
-    return torch.logsumexp(-t * d, 0) - math.log(len(d))
-
-def jem_loss(c: torch.Tensor, s: torch.Tensor, t: float = 1.0) -> torch.Tensor:
+# %% ../../nbs/methods/sepclr.ipynb #c017
+def jem_loss(
+    c:torch.Tensor, # common embeddings (N, Dc)
+    s:torch.Tensor, # salient embeddings of the same rows (N, Ds)
+    t:float=1.0, # scale of the Gaussian kernels
+)->torch.Tensor:
     """k-JEM: mean_i log (1/N) Σ_j exp(−t‖c_i − c_j‖²) exp(−t‖s_i − s_j‖²), a KDE estimate of −H(c, s).
     Minimising it spreads the *joint* distribution of (c, s), which penalises c and s that carry the same information."""
+    check_embeddings(c, "c"); check_embeddings(s, "s"); t = check_positive(t, "t")
     if len(c) != len(s): raise ValueError(f"c and s must describe the same rows, got {len(c)} and {len(s)}")
     k = -t * (sq_dists(c) + sq_dists(s))
     return (torch.logsumexp(k, 1) - math.log(len(c))).mean()
 
-# %% ../../nbs/methods/sepclr.ipynb #c024
+# %% ../../nbs/methods/sepclr.ipynb #c022
 OFFICIAL_WEIGHTS = dict(beta_s=1000.0, beta_0=1000.0, lam=10.0)
 
 def check_groups(group: torch.Tensor) -> torch.Tensor:
@@ -169,20 +161,30 @@ def check_groups(group: torch.Tensor) -> torch.Tensor:
     if n_bg == len(group): raise ValueError(f"the batch has no target rows (all {len(group)} are background)")
     return group == 1
 
-def sepclr_loss(c1, c2, s1, s2, group, beta_s: float = 1000.0, beta_0: float = 1000.0, lam: float = 10.0,
-                t: float = 1.0) -> dict:
-    "SepCLR's objective on the heads of two views; returns the total `loss` and every term separately."
-    for name, z in dict(c1=c1, c2=c2, s1=s1, s2=s2).items(): check_tensor(z, name, ndim=2, floating=True)
-    if c1.shape != c2.shape or s1.shape != s2.shape or len(c1) != len(s1):
-        raise ValueError(f"views must match: c {tuple(c1.shape)}/{tuple(c2.shape)}, s {tuple(s1.shape)}/{tuple(s2.shape)}")
-    if len(group) != len(c1): raise ValueError(f"group has {len(group)} rows, embeddings {len(c1)}")
+# %% ../../nbs/methods/sepclr.ipynb #c024
+def sepclr_loss(
+    c1:torch.Tensor, # common projections of view 1 (N, Dc)
+    c2:torch.Tensor, # common projections of view 2 (N, Dc)
+    s1:torch.Tensor, # salient projections of view 1 (N, Ds)
+    s2:torch.Tensor, # salient projections of view 2 (N, Ds)
+    group:torch.Tensor, # 0 background, 1 target (N,); both must occur
+    beta_s:float=1000.0, # weight of the salient term L_S
+    beta_0:float=1000.0, # weight of the background term L_0
+    lam:float=10.0, # weight of k-JEM
+    t:float=1.0, # scale of every Gaussian kernel
+)->dict:
+    "SepCLR's objective on the heads of two views (Louiset et al. 2024); returns the total `loss` and every term separately."
+    check_pair(c1, c2, ("c1", "c2")); check_pair(s1, s2, ("s1", "s2"))
+    if len(s1) != len(c1): raise ValueError(f"c1 and s1 must describe the same rows, got {tuple(c1.shape)} and {tuple(s1.shape)}")
+    check_labels(group, "group", n=len(c1))
     tg = check_groups(group); bg = ~tg
+    if s1.dtype not in (torch.float32, torch.float64): s1, s2 = s1.float(), s2.float()
     beta_s, beta_0 = check_positive(beta_s, "beta_s", True), check_positive(beta_0, "beta_0", True)
-    lam = check_positive(lam, "lam", True)
+    lam, t = check_positive(lam, "lam", True), check_positive(t, "t")
     c1n, c2n = normalize(c1), normalize(c2)
-    st1, st2 = s1 * tg.unsqueeze(1), s2 * tg.unsqueeze(1)            # s̃: background rows at s' = 0
-    L_C = align_loss(c1n, c2n) + unif_loss(c1n, t) + unif_loss(c2n, t)
-    L_S = align_loss(s1[tg], s2[tg]) + unif_loss(st1, t) + unif_loss(st2, t)
+    st1, st2 = replace_rows(s1, bg), replace_rows(s2, bg)              # s̃: background rows at s' = 0
+    L_C = alignment_loss(c1n, c2n) + uniformity_loss(c1n, t) + uniformity_loss(c2n, t)
+    L_S = alignment_loss(s1[tg], s2[tg]) + uniformity_loss(st1, t) + uniformity_loss(st2, t)
     L_0 = 0.5 * (s1[bg].pow(2).sum(1).mean() + s2[bg].pow(2).sum(1).mean())
     L_J = 0.5 * (jem_loss(c1n, st1, t) + jem_loss(c2n, st2, t))
     loss = L_C + beta_s * L_S + beta_0 * L_0 + lam * L_J
@@ -191,16 +193,27 @@ def sepclr_loss(c1, c2, s1, s2, group, beta_s: float = 1000.0, beta_0: float = 1
     return dict(loss=loss, L_C=L_C.detach(), L_S=L_S.detach(), L_0=L_0.detach(), L_J=L_J.detach(),
                 s_norm_bg=nb, s_norm_target=nt)
 
-# %% ../../nbs/methods/sepclr.ipynb #c028
-def default_encoder(x: torch.Tensor, out_dim: int = 32, width: int = 32) -> nn.Module:
+# %% ../../nbs/methods/sepclr.ipynb #c027
+def default_encoder(
+    x:torch.Tensor, # data shaped like the training set: (N, L) signals or (N, 1, H, W) images
+    out_dim:int=32, # representation width
+    width:int=32, # channels of the CNN
+)->nn.Module:
     "A small encoder for data shaped like `x`: `Conv1dEncoder` for (N, L) signals, `SmallCNN` for (N, 1, H, W) images."
     check_tensor(x, "x", ndim=(2, 4), floating=True)
     if x.ndim == 2: return Conv1dEncoder(length=x.shape[1], width=width, out_dim=out_dim)
     return SmallCNN(in_channels=x.shape[1], width=width, blocks=3, out_dim=out_dim, image_size=x.shape[-1], pool="avg")
 
+# %% ../../nbs/methods/sepclr.ipynb #c029
 class SepCLR(nn.Module):
     "Common and salient encoders with projectors; `forward(x)` returns `(r_c, c, r_s, s)`."
-    def __init__(self, common: nn.Module, salient: nn.Module, c_dim: int = 16, s_dim: int = 16, hidden: int = 128):
+    def __init__(self,
+                 common:nn.Module, # the common encoder
+                 salient:nn.Module, # the salient encoder
+                 c_dim:int=16, # width of the common space
+                 s_dim:int=16, # width of the salient space
+                 hidden:int=128, # hidden width of both projectors
+                ):
         super().__init__()
         self.common_encoder, self.salient_encoder = common, salient
         self.common_head = ProjectionHead(common.out_dim, hidden, c_dim)
@@ -214,66 +227,113 @@ class SepCLR(nn.Module):
         _, c, _, s = self(x); return torch.cat([c, s], 1)
 
 # %% ../../nbs/methods/sepclr.ipynb #c032
-def sepclr_step(views, x: torch.Tensor, group: torch.Tensor, beta_s: float = 1000.0, beta_0: float = 1000.0,
-                lam: float = 10.0, t: float = 1.0):
+@dataclass
+class SepCLRConfig:
+    "Training knobs of SepCLR (defaults: the official visual-data weights)."
+    epochs: int = 30
+    n_per_group: int = 128          # background and target rows per batch (each)
+    beta_s: float = 1000.0
+    beta_0: float = 1000.0
+    lam: float = 10.0               # the k-JEM weight λ
+    t: float = 1.0                  # kernel scale of every term
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    c_dim: int = 16
+    s_dim: int = 16
+    rep_dim: int = 32
+    width: int = 32
+    def validate(self):
+        check_int(self.epochs, "epochs", min_value=1); check_int(self.n_per_group, "n_per_group", min_value=2)
+        for k in ("beta_s", "beta_0", "lam"): check_positive(getattr(self, k), k, allow_zero=True)
+        check_positive(self.t, "t"); check_positive(self.lr, "lr")
+        for k in ("c_dim", "s_dim", "rep_dim", "width"): check_int(getattr(self, k), k, min_value=1)
+        return self
+
+# %% ../../nbs/methods/sepclr.ipynb #c033
+def sepclr_step(
+    views, # `views(x) -> (view1, view2)`
+    x:torch.Tensor, # the training set, on the model's device
+    group:torch.Tensor, # its background (0) / target (1) labels
+    config:SepCLRConfig, # the loss weights
+):
     "A `step_fn` for `fit`: batch indices → `sepclr_loss` of two views of `x[idx]` (a dict of all terms)."
+    c = config
     def step(model, idx):
         a, b = views(x[idx])
         _, c1, _, s1 = model(a); _, c2, _, s2 = model(b)
-        return sepclr_loss(c1, c2, s1, s2, group[idx], beta_s, beta_0, lam, t)
+        return sepclr_loss(c1, c2, s1, s2, group[idx], c.beta_s, c.beta_0, c.lam, c.t)
     return step
 
-def default_augment(x: torch.Tensor):
+# %% ../../nbs/methods/sepclr.ipynb #c034
+def default_augment(
+    x:torch.Tensor, # data shaped like the training set
+):
     "Augmentations that keep the salient factor: small translation/rotation and noise (images), shift/gain/noise (1-D)."
     if x.ndim == 2: return Augment1D(max_shift=3, crop=(0.85, 1.0), gain=(0.8, 1.2), noise=0.1)
     return Augment2D(max_rotate=10.0, max_translate=2 / x.shape[-1], scale=(0.9, 1.0), noise=0.05)
 
-def train_sepclr(x: torch.Tensor, group: torch.Tensor, epochs: int = 30, n_per_group: int = 128,
-                 beta_s: float = 1000.0, beta_0: float = 1000.0, lam: float = 10.0, lr: float = 1e-3, seed: int = 0,
-                 device="auto", c_dim: int = 16, s_dim: int = 16, rep_dim: int = 32, width: int = 32,
-                 augment=None, callbacks=(), progress="auto"):
+# %% ../../nbs/methods/sepclr.ipynb #c035
+def train_sepclr(
+    x:torch.Tensor, # background ∪ target inputs: (N, L) or (N, 1, H, W)
+    group:torch.Tensor, # 0 background, 1 target (N,)
+    config:SepCLRConfig|None=None, # the knobs (default: `SepCLRConfig()`)
+    *,
+    augment=None, # the view augmentation (default: `default_augment(x)`)
+    callbacks=(), # `fit` callbacks
+    progress="auto", # `fit`'s progress display
+    **overrides, # fields of `SepCLRConfig` to change
+):
     "Train SepCLR on background (group 0) ∪ target (group 1) data; return the model and its history (every term logged)."
+    c = configure(SepCLRConfig, config, **overrides)
     check_tensor(x, "x", ndim=(2, 4), floating=True, finite=True)
     check_groups(group)
     if len(group) != len(x): raise ValueError(f"group has {len(group)} rows, x has {len(x)}")
-    n_per_group = check_int(n_per_group, "n_per_group", min_value=2)
-    seed_everything(seed); dev = get_device(device)
-    model = SepCLR(default_encoder(x, rep_dim, width), default_encoder(x, rep_dim, width), c_dim, s_dim).to(dev)
+    seed_everything(c.seed); dev = get_device(c.device)
+    model = SepCLR(default_encoder(x, c.rep_dim, c.width), default_encoder(x, c.rep_dim, c.width), c.c_dim, c.s_dim).to(dev)
     views = TwoViews(augment or default_augment(x))
-    opt = torch.optim.Adam(model.parameters(), lr)
-    batches = BalancedBatchSampler(group, 2, n_per_group, seed=seed)
-    hist = fit(model, sepclr_step(views, x.to(dev), group.to(dev), beta_s, beta_0, lam), batches, epochs, opt,
+    opt = torch.optim.Adam(model.parameters(), c.lr)
+    batches = BalancedBatchSampler(group, 2, c.n_per_group, seed=c.seed)
+    hist = fit(model, sepclr_step(views, x.to(dev), group.to(dev), c), batches, c.epochs, opt,
                callbacks=callbacks, progress=progress)
     return model, hist
 
-# %% ../../nbs/methods/sepclr.ipynb #c037
-def train_simclr_baseline(x: torch.Tensor, epochs: int = 30, batch_size: int = 256, temperature: float = 0.2,
-                          lr: float = 1e-3, seed: int = 0, device="auto", rep_dim: int = 64, width: int = 32,
-                          augment=None, progress="auto"):
+# %% ../../nbs/methods/sepclr.ipynb #c038
+@dataclass
+class BaselineConfig:
+    "Training knobs of the SimCLR baseline of this notebook."
+    epochs: int = 30
+    batch_size: int = 256
+    temperature: float = 0.2
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    rep_dim: int = 64               # as wide as SepCLR's two representations together
+    width: int = 32
+    def validate(self):
+        check_int(self.epochs, "epochs", min_value=1); check_int(self.batch_size, "batch_size", min_value=2)
+        check_positive(self.temperature, "temperature"); check_positive(self.lr, "lr")
+        return self
+
+def train_simclr_baseline(
+    x:torch.Tensor, # background ∪ target inputs
+    config:BaselineConfig|None=None, # the knobs (default: `BaselineConfig()`)
+    *,
+    augment=None, # the view augmentation (default: `default_augment(x)`)
+    progress="auto", # `fit`'s progress display
+    **overrides, # fields of `BaselineConfig` to change
+):
     "One SimCLR encoder on all rows of `x` (background ∪ target); return the model and its history."
-    check_tensor(x, "x", ndim=(2, 4), floating=True, finite=True, min_rows=batch_size)
-    seed_everything(seed); dev = get_device(device)
-    model = SimCLR(default_encoder(x, rep_dim, width)).to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr, weight_decay=1e-5)
-    hist = fit(model, simclr_step(TwoViews(augment or default_augment(x)), x.to(dev), temperature),
-               BatchSampler(len(x), batch_size, seed=seed), epochs, opt, progress=progress)
+    c = configure(BaselineConfig, config, **overrides)
+    check_tensor(x, "x", ndim=(2, 4), floating=True, finite=True, min_rows=c.batch_size)
+    seed_everything(c.seed); dev = get_device(c.device)
+    model = ProjectedEncoder(default_encoder(x, c.rep_dim, c.width)).to(dev)
+    opt = torch.optim.Adam(model.parameters(), c.lr, weight_decay=1e-5)
+    step = two_view_step(TwoViews(augment or default_augment(x)), x.to(dev), partial(info_nce, temperature=c.temperature))
+    hist = fit(model, step, BatchSampler(len(x), c.batch_size, seed=c.seed), c.epochs, opt, progress=progress)
     return model, hist
 
-# %% ../../nbs/methods/sepclr.ipynb #c040
-def auroc(scores, labels) -> float:
-    "Area under the ROC curve of `scores` for binary `labels` (1 = positive); 0.5 is chance."
-    from sklearn.metrics import roc_auc_score
-    s = np.asarray(torch.as_tensor(scores).detach().cpu(), dtype=np.float64).ravel()
-    y = np.asarray(torch.as_tensor(labels).detach().cpu()).ravel()
-    if len(s) != len(y): raise ValueError(f"scores and labels differ in length: {len(s)} vs {len(y)}")
-    if set(np.unique(y).tolist()) != {0, 1}: raise ValueError(f"labels must contain both 0 and 1, got {np.unique(y).tolist()}")
-    return float(roc_auc_score(y, s))
-
-def _balanced_probe(ztr, ytr, zte, yte) -> float:
-    from sklearn.metrics import balanced_accuracy_score
-    _, clf = linear_probe(ztr, ytr, zte, yte, return_model=True)
-    return float(balanced_accuracy_score(np.asarray(yte), clf.predict(zte.double().numpy())))
-
+# %% ../../nbs/methods/sepclr.ipynb #c041
 def cross_probes(spaces: dict, data: dict, knn: bool = True) -> dict:
     """Probe each representation in `spaces` ({name: (train features, test features)} over *all* rows of the train and
     test split) for every factor on target rows: returns {f'{space}→{factor}': accuracy} (and `knn:` entries)."""
@@ -287,6 +347,7 @@ def cross_probes(spaces: dict, data: dict, knn: bool = True) -> dict:
             if knn: out[f"knn:{name}→{f}"] = knn_accuracy(ftr[tr], ytr, fte[te], yte, k=20)
     return out
 
+# %% ../../nbs/methods/sepclr.ipynb #c043
 @torch.no_grad()
 def evaluate_sepclr(model: SepCLR, data: dict, knn: bool = True, batch_size: int = 1024) -> dict:
     "All SepCLR read-outs on the test split: cross-probes, background/target from c and from ‖s‖, ‖s‖ means, CKA(r_c, r_s)."
@@ -297,7 +358,7 @@ def evaluate_sepclr(model: SepCLR, data: dict, knn: bool = True, batch_size: int
     out = cross_probes({"common": (rc_tr, rc_te), "salient": (rs_tr, rs_te)}, data, knn)
     g, gt = data["group"], data["group_test"]
     norm = s_te.norm(dim=1)
-    out["bg_vs_target_from_common"] = _balanced_probe(rc_tr, g, rc_te, gt)
+    out["bg_vs_target_from_common"] = linear_probe(rc_tr, g, rc_te, gt, balanced=True)
     out["auroc_s_norm"] = auroc(norm, gt)
     out["s_norm_bg"], out["s_norm_target"] = norm[gt == 0].mean().item(), norm[gt == 1].mean().item()
     out["s_norm_ratio"] = out["s_norm_bg"] / max(out["s_norm_target"], 1e-12)
@@ -305,7 +366,7 @@ def evaluate_sepclr(model: SepCLR, data: dict, knn: bool = True, batch_size: int
     out["cka_c_s"] = linear_cka(rc_te[tg], rs_te[tg]) if rs_te[tg].std(0).sum() > 0 else 0.0
     return out
 
-# %% ../../nbs/methods/sepclr.ipynb #c045
+# %% ../../nbs/methods/sepclr.ipynb #c046
 def probe_heatmap(results: dict, spaces=("common", "salient"), factors=("digit", "glyph"), prefix: str = "",
                   title: str = "cross-probe accuracy (target test images)"):
     "A plotly heatmap of `results[f'{prefix}{space}→{factor}']`, spaces × factors, annotated with the values."
@@ -316,3 +377,24 @@ def probe_heatmap(results: dict, spaces=("common", "salient"), factors=("digit",
     fig.update_layout(title=title, template="plotly_white", height=320, width=460, yaxis=dict(autorange="reversed"),
                       margin=dict(l=60, r=20, t=50, b=40))
     return fig
+
+# %% ../../nbs/methods/sepclr.ipynb #c049
+SepCLRLoss = loss_module(sepclr_loss, "SepCLRLoss")
+JEMLoss = loss_module(jem_loss, "JEMLoss")
+
+def _sepclr_example(dtype, seed):
+    g = generator(seed); r = lambda d: torch.randn(8, d, generator=g).to(dtype)
+    return Example(dict(c1=r(4), c2=r(4), s1=r(3), s2=r(3), group=torch.tensor([0, 1] * 4)), dict(beta_s=10.0, beta_0=10.0, lam=1.0))
+
+register_loss(LossSpec("sepclr_loss", sepclr_loss, SepCLRLoss, _sepclr_example, batch_args=("c1", "c2", "s1", "s2", "group"),
+                       embedding_args=("c1", "c2", "s1", "s2"), temperature_arg="t", output="loss", paper="sepclr"))
+register_loss(LossSpec("jem_loss", jem_loss, JEMLoss,
+                       lambda dtype, seed: Example(dict(c=torch.randn(7, 3, generator=generator(seed)).to(dtype),
+                                                        s=torch.randn(7, 2, generator=generator(seed + 1)).to(dtype))),
+                       batch_args=("c", "s"), embedding_args=("c", "s"), temperature_arg="t", paper="sepclr"))
+register_paper(Paper(
+    key="sepclr", title="Separating common from salient patterns with Contrastive Representation Learning",
+    authors="Louiset, Duchesnay, Grigis, Frouin", year=2024, venue="ICLR 2024", arxiv="2402.11928",
+    code="neurospin-projects/2024_rlouiset_sep_clr", family="methods", module="contrastlab.methods.sepclr",
+    losses=("sepclr_loss", "jem_loss"), components=("SepCLR", "make_contrastive_digits", "make_contrastive_1d", "evaluate_sepclr"),
+    summary="contrastive analysis: a common space for what background and target share, a salient space for what only the target has"))

@@ -8,64 +8,76 @@ Docs: https://contrastlab.github.io/contrastlab/methods/simclr.html.md"""
 from __future__ import annotations
 import torch
 import torch.nn as nn
-from ..core import get_device, seed_everything, check_positive, check_tensor
+from dataclasses import dataclass
+from functools import partial
+from ..core import get_device, seed_everything, check_int, check_positive, check_tensor, configure, generator
 from ..data import Augment1D, TwoViews, BatchSampler
-from ..nets import Conv1dEncoder, ProjectionHead
+from ..nets import Conv1dEncoder, ProjectedEncoder, encode
 from ..losses import info_nce
 from ..metrics import alignment, uniformity
-from ..train import fit
+from ..registry import Paper, register_paper
+from ..train import fit, two_view_step
 
 # %% auto #0
-__all__ = ['SimCLR', 'encode', 'simclr_step', 'train_simclr', 'align_uniform_callback']
+__all__ = ['SimCLRConfig', 'train_simclr', 'align_uniform_callback']
 
 # %% ../../nbs/methods/simclr.ipynb #c009
-class SimCLR(nn.Module):
-    "Backbone + projection head; `forward` returns the projection, `features` the backbone output."
-    def __init__(self, encoder: nn.Module, proj_dim: int = 64, hidden: int = 128):
-        super().__init__()
-        self.encoder, self.head = encoder, ProjectionHead(encoder.out_dim, hidden, proj_dim)
-    def forward(self, x): return self.head(self.encoder(x))
-    def features(self, x): return self.encoder(x)
+@dataclass
+class SimCLRConfig:
+    "Training knobs of SimCLR on signals."
+    epochs: int = 100
+    batch_size: int = 256
+    temperature: float = 0.2
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    seed: int = 0
+    device: str = "auto"
+    def validate(self):
+        check_int(self.epochs, "epochs", min_value=1); check_int(self.batch_size, "batch_size", min_value=2)
+        check_positive(self.temperature, "temperature"); check_positive(self.lr, "lr")
+        check_positive(self.weight_decay, "weight_decay", allow_zero=True)
+        return self
 
-@torch.no_grad()
-def encode(fn, x: torch.Tensor, batch_size: int = 1024, device=None) -> torch.Tensor:
-    "Apply `fn` (e.g. `model.features`) in eval mode over `x` in batches; return CPU float32 features."
-    mod = getattr(fn, "__self__", fn)
-    was = mod.training if isinstance(mod, nn.Module) else None
-    if isinstance(mod, nn.Module): mod.eval()
-    dev = device or (next(mod.parameters()).device if isinstance(mod, nn.Module) else "cpu")
-    out = torch.cat([fn(x[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)])
-    if was: mod.train()
-    return out
-
-# %% ../../nbs/methods/simclr.ipynb #c011
-def simclr_step(views, x: torch.Tensor, temperature: float = 0.2):
-    "A `step_fn` for `fit`: batch indices → NT-Xent loss of two views of `x[idx]`."
-    def step(model, idx):
-        a, b = views(x[idx])
-        return info_nce(model(a), model(b), temperature)
-    return step
-
-def train_simclr(x: torch.Tensor, epochs: int = 100, batch_size: int = 256, temperature: float = 0.2, lr: float = 1e-3,
-                 seed: int = 0, device="auto", encoder: nn.Module | None = None, augment=None, callbacks=(), progress="auto"):
-    "Train SimCLR on unlabelled signals `x` (N, L); return the model and its training history."
-    check_tensor(x, "x", ndim=2, floating=True, finite=True, min_rows=batch_size)
-    check_positive(temperature, "temperature")
-    seed_everything(seed); dev = get_device(device)
-    model = SimCLR(encoder or Conv1dEncoder(length=x.shape[1])).to(dev)
+# %% ../../nbs/methods/simclr.ipynb #c010
+def train_simclr(
+    x:torch.Tensor, # unlabelled signals (N, L)
+    config:SimCLRConfig|None=None, # the knobs (default: `SimCLRConfig()`)
+    *,
+    encoder:nn.Module|None=None, # the backbone (default: `Conv1dEncoder` for length L)
+    augment=None, # the view augmentation (default: `Augment1D()`)
+    callbacks=(), # `fit` callbacks
+    progress="auto", # `fit`'s progress display
+    **overrides, # fields of `SimCLRConfig` to change
+):
+    "Train SimCLR on unlabelled signals `x`; return the model and its training history."
+    c = configure(SimCLRConfig, config, **overrides)
+    check_tensor(x, "x", ndim=2, floating=True, finite=True, min_rows=c.batch_size)
+    seed_everything(c.seed); dev = get_device(c.device)
+    model = ProjectedEncoder(encoder or Conv1dEncoder(length=x.shape[1])).to(dev)
     views = TwoViews(augment or Augment1D())
-    opt = torch.optim.Adam(model.parameters(), lr, weight_decay=1e-5)
-    hist = fit(model, simclr_step(views, x.to(dev), temperature), BatchSampler(len(x), batch_size, seed=seed), epochs, opt,
-               callbacks=callbacks, progress=progress)
+    opt = torch.optim.Adam(model.parameters(), c.lr, weight_decay=c.weight_decay)
+    step = two_view_step(views, x.to(dev), partial(info_nce, temperature=c.temperature))
+    hist = fit(model, step, BatchSampler(len(x), c.batch_size, seed=c.seed), c.epochs, opt, callbacks=callbacks, progress=progress)
     return model, hist
 
-# %% ../../nbs/methods/simclr.ipynb #c014
-def align_uniform_callback(x_eval: torch.Tensor, views, every: int = 1, seed: int = 0):
+# %% ../../nbs/methods/simclr.ipynb #c013
+def align_uniform_callback(
+    x_eval:torch.Tensor, # a fixed evaluation set
+    views, # `views(x, g) -> (view1, view2)`
+    every:int=1, # log every this many epochs
+    seed:int=0, # seed of the fixed views
+):
     "A `fit` callback logging alignment and uniformity of the projector outputs on fixed views of `x_eval`."
-    from contrastlab.core import generator
     a, b = views(x_eval, generator(seed))
     def cb(epoch, model, history):
         if epoch % every: return None
         za, zb = encode(model, a), encode(model, b)
         return dict(alignment=alignment(za, zb), uniformity=uniformity(za))
     return cb
+
+# %% ../../nbs/methods/simclr.ipynb #c015
+register_paper(Paper(
+    key="simclr", title="A Simple Framework for Contrastive Learning of Visual Representations",
+    authors="Chen, Kornblith, Norouzi, Hinton", year=2020, venue="ICML 2020", arxiv="2002.05709", code="google-research/simclr",
+    family="baseline", module="contrastlab.methods.simclr", losses=("info_nce",), components=("train_simclr", "align_uniform_callback"),
+    summary="two augmented views of a sample agree under NT-Xent; every other view in the batch is a negative"))
