@@ -10,7 +10,7 @@ export MPLCONFIGDIR    := $(CURDIR)/.cache/matplotlib
 export HF_HUB_OFFLINE  := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup export run test unit nbtest lab docs readme bench gpu-test clean browser
+.PHONY: setup export run test unit nbtest lab docs readme bench gpu-test clean browser peers
 
 # --- set-up -------------------------------------------------------------------------------------------
 $(STAMP): pyproject.toml
@@ -40,11 +40,15 @@ run: export
 	$(BIN)/python tools/build_docs.py $$out || rc=1; \
 	echo "run folder: $$out   docs: _docs/index.html"; exit $$rc
 
-test: export browser
+# Peers (lightly, pytorch-metric-learning) are parity oracles of the tests and the benchmark: --no-deps, never main requirements.
+peers: setup
+	$(BIN)/pip install -q --no-deps -r bench/requirements.txt
+
+test: export browser peers
 	$(BIN)/python -m pytest tests -v -p no:cacheprovider
 
 # --- the rest -----------------------------------------------------------------------------------------
-unit: export
+unit: export peers
 	$(BIN)/python -m pytest tests -v -m "not notebooks"
 
 lab: export
@@ -59,8 +63,7 @@ readme: export
 	$(BIN)/python -c "import pathlib; p = pathlib.Path('README.md'); t = p.read_text().split(chr(10), 1); p.write_text(t[0] + chr(10) + chr(10) + '# contrastlab' + chr(10) + chr(10) + '> A notebook-first lab for contrastive representation learning: every method real, trained, measured and drawn.' + chr(10) + t[1])"
 
 # Peers are bench-only: installed --no-deps (lightly would pull torchvision and a CUDA torch), pinned in bench/requirements.txt.
-bench: export
-	$(BIN)/pip install -q --no-deps -r bench/requirements.txt
+bench: export peers
 	$(BIN)/python bench/bench_losses.py
 	@if [ -f bench/bench_ot.py ]; then $(BIN)/python bench/bench_ot.py; fi
 

@@ -23,17 +23,10 @@ def _rss_mb():
     with open("/proc/self/statm") as f: return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 def _stub_torchvision():
-    "lightly imports torchvision.ops at package import; give it inert names when the real one cannot load."
-    try:
-        import torchvision.ops  # noqa: F401
-    except Exception:
-        import types
-        tv = types.ModuleType("torchvision"); ops = types.ModuleType("torchvision.ops")
-        def _no(*a, **k): raise RuntimeError("torchvision stand-in: not available in this benchmark")
-        ops.roi_align = _no; ops.StochasticDepth = _no; ops.sigmoid_focal_loss = _no; tv.ops = ops
-        sys.modules["torchvision"] = tv; sys.modules["torchvision.ops"] = ops
-        for name in ("transforms", "models", "datasets", "io", "utils"):
-            m = types.ModuleType(f"torchvision.{name}"); setattr(tv, name, m); sys.modules[f"torchvision.{name}"] = m
+    "lightly imports torchvision.ops at package import; give it inert names when the real one cannot load (bench/peers.py)."
+    sys.path.insert(0, str(ROOT / "bench"))
+    from peers import stub_torchvision
+    stub_torchvision()
 
 def make_step(impl, b, d, tau):
     import torch, torch.nn.functional as F

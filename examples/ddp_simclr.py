@@ -1,4 +1,4 @@
-"""SimCLR on mnist1d with DistributedDataParallel and contrastlab's cross-rank NT-Xent.
+"""SimCLR on mnist1d with DistributedDataParallel and contrastlab's NT-Xent with candidates gathered across ranks.
 
     torchrun --standalone --nproc_per_node 2 examples/ddp_simclr.py --steps 50        # CPU, gloo
     torchrun --standalone --nproc_per_node 8 examples/ddp_simclr.py --device cuda     # GPUs, NCCL
@@ -13,9 +13,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from contrastlab.core import seed_everything
 from contrastlab.data import make_mnist1d, Augment1D, TwoViews, BatchSampler
-from contrastlab.nets import Conv1dEncoder
-from contrastlab.methods.simclr import SimCLR
-from contrastlab.distributed import distributed_info_nce, world
+from contrastlab.nets import Conv1dEncoder, ProjectedEncoder
+from contrastlab.losses import info_nce
+from contrastlab.distributed import world
 
 def main():
     ap = argparse.ArgumentParser()
@@ -31,7 +31,7 @@ def main():
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // ws))
     seed_everything(a.seed)                                   # identical initial weights on every rank
     data = make_mnist1d(4000)["x"].to(dev)
-    model = DDP(SimCLR(Conv1dEncoder()).to(dev), device_ids=[dev.index] if use_cuda else None)
+    model = DDP(ProjectedEncoder(Conv1dEncoder()).to(dev), device_ids=[dev.index] if use_cuda else None)
     opt = torch.optim.Adam(model.parameters(), a.lr)
     views, sampler = TwoViews(Augment1D()), BatchSampler(len(data), a.batch_size, seed=a.seed)
     torch.manual_seed(a.seed + 1000 * rank)                   # different augmentation noise per rank
@@ -41,7 +41,7 @@ def main():
         for idx in sampler:
             mine = idx.tensor_split(ws)[rank]                 # this rank's slice of the global batch
             v1, v2 = views(data[mine.to(dev)])
-            share = distributed_info_nce(model(v1), model(v2), a.temperature)
+            share = info_nce(model(v1), model(v2), a.temperature, gather_distributed=True)
             opt.zero_grad(); (ws * share).backward(); opt.step()
             total = share.detach().clone(); dist.all_reduce(total)
             step += 1

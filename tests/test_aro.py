@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 from contrastlab.losses import contrastive_loss
-from contrastlab.methods.aro import (SceneWorld, swap_scenes, perturb_words, ORDER_PERTURBATIONS, SWAPS, FLIP,
-                                     tie_aware_accuracy, DualEncoderScorer, swap_probe, order_probe, retrieval,
-                                     hard_negative_captions, TinyCLIP, BagOfWordsText, TextTransformer, ImageTower,
-                                     negclip_loss, train_negclip, bow_index, tagged, modality_gap)
+from contrastlab.data import SceneWorld, swap_scenes, perturb_words, ORDER_PERTURBATIONS, SWAPS, FLIP, tagged
+from contrastlab.metrics import tie_aware_accuracy, DualEncoderScorer
+from contrastlab.nets import TinyCLIP, BagOfWordsText, TextTransformer, ImageTower
+from contrastlab.methods.aro import (swap_probe, order_probe, retrieval, hard_negative_captions, negclip_loss, train_negclip,
+                                     bow_index, modality_gap, clip_scorer)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +113,7 @@ def test_bag_of_words_control_ties_exactly(world):
     torch.manual_seed(0)
     m = TinyCLIP(world, "bow").eval()
     sc = world.sample(300, seed=5); im = world.render(sc, seed=5)
-    scorer = m.scorer()
+    scorer = clip_scorer(m)
     for kind in ("attribute_swap", "object_swap"):
         r = swap_probe(scorer, im, sc, world, kind)
         assert r["accuracy"] == 0.5 and r["ties"] == 300 and (r["margins"] == 0).all()

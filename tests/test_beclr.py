@@ -2,9 +2,10 @@
 import math
 import numpy as np
 import pytest, torch
-from contrastlab.methods.beclr import (GLYPH_CHARS, CONFUSABLE, glyph_splits, render_glyphs, EpisodeSampler, Conv4, BECLRNet,
-    GlyphAugment, DyCEMemory, uniformity_term, embedding_std, standardize, episode_features, opta, nearest_prototype,
-    logistic_on_prototypes, fewshot_accuracy, mean_ci, train_beclr)
+from contrastlab.data import GLYPH_CHARS, CONFUSABLE, glyph_splits, render_glyphs, EpisodeSampler, GlyphAugment
+from contrastlab.nets import Conv4
+from contrastlab.metrics import standardize, episode_features, nearest_prototype, logistic_on_prototypes, fewshot_accuracy, mean_ci
+from contrastlab.methods.beclr import BECLRNet, DyCEMemory, uniformity_term, embedding_std, opta, opta_transform, train_beclr
 
 def test_splits():
     sp = glyph_splits(0)
@@ -134,11 +135,12 @@ def test_networks_and_augment():
 @pytest.mark.parametrize("objective,dyce", [("simclr", "intended"), ("simclr", "official"), ("beclr", "intended"), ("beclr", "official")])
 def test_tiny_training(objective, dyce):
     x, y = render_glyphs("ABCDEFGH", 24, seed=0)
-    model, hist, mem = train_beclr(x, 2, objective=objective, dyce=dyce, batch_size=32, memory_size=128, n_clusters=8,
+    model, hist, mem = train_beclr(x, epochs=2, objective=objective, dyce=dyce, batch_size=32, memory_size=128, n_clusters=8,
                                    topk=2, dyce_start=1, labels=y, device="cpu", progress="none")
     assert np.isfinite(hist["loss"]).all() and hist.epochs["enhanced"][-1] == 1.0 and mem.clustered
     assert 0 <= hist.epochs["self_retrieved"][-1] <= 1
     if dyce == "intended": assert hist.epochs["self_retrieved"][-1] == 0.0
     assert np.isfinite(hist.epochs["memory_nmi"][-1])
-    with pytest.raises(ValueError): train_beclr(x, 1, dyce="paper")
-    with pytest.raises(ValueError): train_beclr(x, 1, labels=y[:5])
+    with pytest.raises(ValueError): train_beclr(x, epochs=1, dyce="paper")
+    with pytest.raises(ValueError): train_beclr(x, epochs=1, labels=y[:5])
+    with pytest.raises(TypeError, match="unknown BECLRConfig option"): train_beclr(x, epoch=1)

@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from contrastlab.methods.hydra import (check_labels, LabelGate, OpenGate, gate_stats, pair_gates, partner_labels, hydra_masks,
-                                       gated_logits, gated_multipos_loss, HydraNet, hydra_step, within_between_ratio,
-                                       mnist1d_templates)
+from contrastlab.core import check_labels
+from contrastlab.data import mnist1d_templates
+from contrastlab.metrics import within_between_ratio
+from contrastlab.methods.hydra import (LabelGate, OpenGate, gate_stats, pair_gates, partner_labels, hydra_masks,
+                                       gated_logits, gated_multipos_loss, hydra_loss, HydraNet, HydraConfig, hydra_step)
 from contrastlab.nets import Conv1dEncoder
 from contrastlab.data import Augment1D, TwoViews
 
@@ -131,7 +133,7 @@ def test_gate_stats_and_scale_clamp():
     with pytest.raises(ValueError, match=r"\[0, 1\]"): gate_stats(torch.full((2, 2), 1.5))
     m = HydraNet(Conv1dEncoder(), 3)
     assert abs(m.scale.item() - 10.0) < 1e-5
-    with torch.no_grad(): m.log_scale.fill_(10.0)
+    with torch.no_grad(): m.logit.log_scale.fill_(10.0)
     assert m.scale.item() == 100.0
     with pytest.raises(ValueError, match="exceeds max_scale"): HydraNet(Conv1dEncoder(), 3, init_temperature=0.001)
 
@@ -149,13 +151,13 @@ def test_step_runs_and_logs():
     x = torch.randn(64, 40); y = torch.arange(64) % 4
     for pairing, sym, form in (("arbitrary", False, "head"), ("identical", True, "renorm"), ("distinct", False, "head")):
         m = HydraNet(Conv1dEncoder(), 4)
-        step = hydra_step(TwoViews(Augment1D()), x, y, pairing, form, symmetric=sym, missing="skip")
+        step = hydra_step(TwoViews(Augment1D()), x, y, HydraConfig(pairing=pairing, logits_form=form, symmetric=sym, missing="skip"))
         out = step(m, torch.arange(32))
         assert torch.isfinite(out["loss"]) and 0 < out["gate_mean"] < 1 and out["scale"] == pytest.approx(10.0)
         out["loss"].backward()
-        assert m.gate.embedding.weight.grad is not None and m.log_scale.grad is not None
+        assert m.gate.embedding.weight.grad is not None and m.logit.log_scale.grad is not None
     with pytest.raises(ValueError, match=r"\[0, 4\)"):
-        hydra_step(TwoViews(Augment1D()), x, y + 1, "arbitrary")(HydraNet(Conv1dEncoder(), 4), torch.arange(64))
+        hydra_step(TwoViews(Augment1D()), x, y + 1, HydraConfig())(HydraNet(Conv1dEncoder(), 4), torch.arange(64))
 
 
 def test_templates():

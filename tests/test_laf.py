@@ -4,8 +4,8 @@ import pytest, torch
 import torch.nn as nn
 from contrastlab.methods.laf import (SplitClassifier, check_protocol, make_classifier, train_classifier, predict,
     class_removal_split, random_removal_split, noisy_label_split, RepVAE, vae_loss, LAFConfig, official_lrs, ue_loss, ra_loss,
-    laf_unlearn, laf_repair, label_subset, UnlearningTask, evaluate_unlearning, auc_standard_error, mia_official,
-    geometry_report, neggrad_baseline)
+    laf_unlearn, laf_repair, label_subset, UnlearningTask, evaluate_unlearning, geometry_report, neggrad_baseline)
+from contrastlab.metrics import auc_standard_error, sorted_softmax_attack as mia_official
 
 Y = torch.arange(1000) % 10
 
@@ -78,16 +78,18 @@ def test_ra_loss_at_the_original():
     torch.manual_seed(0)
     h = nn.Linear(5, 4); xr, xf = torch.randn(6, 5), torch.randn(7, 5)
     # at h = h0 every distance is 0, so L_RA = Σ_r (0 − log Σ_f e^0) = −B_r log B_f
-    assert math.isclose(ra_loss(h, h, xr, xf, 20.0).item(), -6 * math.log(7), rel_tol=1e-6)
+    er, ef = h(xr), h(xf)
+    assert math.isclose(ra_loss(er, ef, er, ef, 20.0).item(), -6 * math.log(7), rel_tol=1e-6)
 
 def test_ue_loss_linear_transform():
     torch.manual_seed(0)
     h = nn.Identity(); vr, vf = RepVAE(4, latent=2).eval(), RepVAE(4, latent=2).eval()
     xr, xf = torch.randn(5, 4), torch.randn(3, 4)
-    torch.manual_seed(1); got = ue_loss(h, vr, vf, xr, xf, "linear")
+    torch.manual_seed(1); got = ue_loss(h(xr), h(xf), vr, vf, "linear")
     torch.manual_seed(1); want = vr.recon_error(xr).sum() - vf.recon_error(xf).sum()
     assert torch.allclose(got, want)
-    torch.manual_seed(1); sat = ue_loss(h, vr, vf, xr, xf, "saturating")
+    with pytest.raises(ValueError, match="transform must be one of"): ue_loss(xr, xf, vr, vf, "saturate")
+    torch.manual_seed(1); sat = ue_loss(h(xr), h(xf), vr, vf, "saturating")
     assert -3 * math.e < sat.item() < 5 * math.e      # each term of exp(ℓ/(ℓ+1)) lies in [1, e)
 
 def test_vae_decoders_and_loss():

@@ -1,20 +1,16 @@
-"Loss core: values and gradients against a direct float64 reference, hand-worked cases, numerics, errors."
+"Loss core: values and gradients against the shared float64 reference (contrastlab.losses.reference), hand-worked cases, numerics, errors."
 import math, warnings
 import pytest, torch
 import torch.nn.functional as F
-from contrastlab.losses import (contrastive_loss, info_nce, dcl, sup_con, cross_view_nce, two_view_index,
-                                label_positive_mask, InfoNCELoss, SupConLoss, CLIPLoss)
+from contrastlab.losses import (contrastive_loss, info_nce, sup_con, cross_view_nce, two_view_index, resolve_chunk,
+                                label_positive_mask, InfoNCELoss, SupConLoss, CLIPLoss, CHUNK_AUTO_ROWS, CHUNK_SIZE)
+from contrastlab.losses.reference import reference_loss, reference_info_nce, reference_sup_con, reference_cross_view
+from contrastlab.zoo.dcl import dcl
 
 def ref_loss(z, pos, tau, decoupled=False, neg_w=None):
-    "Slow, obvious float64 formula: explicit exponentials and one ratio per positive."
-    z = F.normalize(z.double(), dim=1); e = torch.exp(z @ z.T / tau); n = len(z)
-    rows = []
-    for i in range(n):
-        ps = [p for p in range(n) if pos[i, p]]
-        den = sum((1.0 if (neg_w is None or pos[i, a]) else neg_w[i, a]) * e[i, a]
-                  for a in range(n) if a != i and not (decoupled and pos[i, a]))
-        rows.append(-sum(torch.log(e[i, p] / den) for p in ps) / len(ps))
-    return torch.stack(rows).mean()
+    "NT-Xent-style rows of normalised `z` with the diagonal excluded, through the shared reference."
+    zn = F.normalize(z.double(), dim=1); n = len(z)
+    return reference_loss(zn @ zn.T, pos, tau, exclude=torch.eye(n, dtype=torch.bool), decoupled=decoupled, neg_weight=neg_w)
 
 def pair_mask(b):
     m = torch.zeros(2 * b, 2 * b, dtype=torch.bool); m[torch.arange(2 * b), two_view_index(b)] = True; return m
@@ -110,7 +106,7 @@ def test_half_precision_inputs(dtype, tau):
     (lambda: info_nce(torch.randn(0, 3), torch.randn(0, 3)), "empty batch"),
     (lambda: sup_con(torch.randn(6, 3), torch.arange(5)), "labels must have length 6"),
     (lambda: sup_con(torch.randn(6, 3), torch.arange(6).float()), "integer tensor"),
-    (lambda: sup_con(torch.randn(6, 3), torch.arange(6).view(2, 3)), "labels must have 1 dimensions"),
+    (lambda: sup_con(torch.randn(6, 3), torch.arange(6).view(2, 3)), "labels must be 1-D"),
     (lambda: sup_con(torch.randn(4, 3), torch.tensor([0, 0, 1, 2])), "2 of 4 anchors have no positive"),
     (lambda: info_nce(torch.randn(4, 3, dtype=torch.float64).long(), torch.randn(4, 3)), "floating-point"),
 ])
@@ -134,14 +130,13 @@ def test_modules_and_clip():
     z1, z2 = torch.randn(8, 4), torch.randn(8, 4)
     assert torch.allclose(InfoNCELoss(0.2)(z1, z2), info_nce(z1, z2, 0.2))
     assert torch.allclose(dcl(z1, z2, 0.2), info_nce(z1, z2, 0.2, decoupled=True))
-    clip = CLIPLoss(); clip.log_scale.data.fill_(10.0)
+    clip = CLIPLoss(); clip.logit.log_scale.data.fill_(10.0)
     assert clip.scale.item() == 100.0                     # clamped
     loss = clip(z1, z2); loss.backward(); assert torch.isfinite(loss)
     one = cross_view_nce(z1, z2, 0.1, symmetric=False)
     assert torch.allclose(one, F.cross_entropy(F.normalize(z1) @ F.normalize(z2).T / 0.1, torch.arange(8)), atol=1e-6)
 
 # ---- the chunked path ------------------------------------------------------------------------------------
-from contrastlab import losses as L
 
 @pytest.mark.parametrize("b,chunk", [(5, 1), (13, 4), (32, 7), (64, 64), (50, 200)])
 @pytest.mark.parametrize("decoupled", [False, True])
@@ -164,8 +159,8 @@ def test_chunked_backward_scales_with_upstream_gradient():
 
 def test_auto_chunk_threshold():
     cpu = torch.device("cpu")
-    assert L._resolve_chunk("auto", L.CHUNK_AUTO_ROWS - 1, cpu) is None
-    assert L._resolve_chunk("auto", L.CHUNK_AUTO_ROWS, cpu) == L.CHUNK_SIZE["cpu"]
+    assert resolve_chunk("auto", CHUNK_AUTO_ROWS - 1, cpu) is None
+    assert resolve_chunk("auto", CHUNK_AUTO_ROWS, cpu) == CHUNK_SIZE["cpu"]
     with pytest.raises(ValueError, match="chunk must be"): info_nce(torch.randn(4, 3), torch.randn(4, 3), chunk=-2)
 
 @pytest.mark.parametrize("tau", [1e-3, 2e-4])
@@ -182,3 +177,61 @@ def test_chunked_bfloat16_inputs():
     h = info_nce(ab, b.bfloat16(), 0.1, chunk=256); f = info_nce(a, b, 0.1, chunk=256)
     assert torch.isfinite(h) and abs(h.item() - f.item()) / f.item() < 1e-2
     h.backward(); assert ab.grad.dtype == torch.bfloat16 and torch.isfinite(ab.grad.float()).all()
+
+
+# ---- growth points: positive-side weights and candidates ---------------------------------------------------
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_pos_weight_matches_reference_both_paths(decoupled):
+    g = torch.Generator().manual_seed(7)
+    z1 = torch.randn(5, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    z2 = torch.randn(5, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(10, dtype=torch.float64, generator=g)                    # any sign
+    ours = info_nce(z1, z2, 0.3, decoupled=decoupled, pos_weight=w)
+    ref = reference_info_nce(z1, z2, 0.3, decoupled=decoupled, pos_weight=w)
+    assert abs(ours.item() - ref.item()) < 1e-9
+    for a, r in zip(torch.autograd.grad(ours, (z1, z2)), torch.autograd.grad(ref, (z1, z2))):
+        torch.testing.assert_close(a, r, rtol=1e-7, atol=1e-10)
+    zn = F.normalize(torch.cat([z1, z2]).detach(), dim=1); mask = pair_mask(5)       # the mask path gives the same
+    m = contrastive_loss(zn @ zn.T, mask, 0.3, exclude="diagonal", decoupled=decoupled, pos_weight=w.unsqueeze(1).expand(10, 10))
+    assert abs(m.item() - ref.item()) < 1e-9
+
+@pytest.mark.parametrize("chunk", [3, 8])
+def test_pos_weight_chunked_equals_dense(chunk):
+    g = torch.Generator().manual_seed(chunk)
+    z1 = torch.randn(11, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    z2 = torch.randn(11, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(22, dtype=torch.float64, generator=g)
+    d, c = info_nce(z1, z2, 0.2, decoupled=True, pos_weight=w, chunk=None), info_nce(z1, z2, 0.2, decoupled=True, pos_weight=w, chunk=chunk)
+    assert abs(d.item() - c.item()) < 1e-10
+    for a, b in zip(torch.autograd.grad(d, (z1, z2)), torch.autograd.grad(c, (z1, z2))):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+def test_negatives_join_the_denominator():
+    g = torch.Generator().manual_seed(3)
+    a, b, q = (torch.randn(n, 5, dtype=torch.float64, generator=g, requires_grad=True) for n in (6, 6, 9))
+    for sym in (True, False):
+        ours, ref = cross_view_nce(a, b, 0.2, symmetric=sym, negatives=q), reference_cross_view(a, b, 0.2, symmetric=sym, negatives=q)
+        assert abs(ours.item() - ref.item()) < 1e-9
+        for x, y in zip(torch.autograd.grad(ours, (a, b, q)), torch.autograd.grad(ref, (a, b, q))):
+            torch.testing.assert_close(x, y, rtol=1e-7, atol=1e-10)
+
+def test_sup_con_reference_module():
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(12, 5, dtype=torch.float64, generator=g, requires_grad=True); y = torch.arange(12) % 4
+    ours, ref = sup_con(z, y, 0.3), reference_sup_con(z, y, 0.3)
+    assert abs(ours.item() - ref.item()) < 1e-9
+    torch.testing.assert_close(torch.autograd.grad(ours, z)[0], torch.autograd.grad(ref, z)[0], rtol=1e-7, atol=1e-10)
+
+@pytest.mark.parametrize("bad,msg", [
+    (dict(neg_weight=torch.tensor([[1.0, float("nan"), 1.0]])), "neg_weight contains 1 non-finite"),
+    (dict(neg_weight=torch.tensor([[1.0, -1.0, 1.0]])), "neg_weight must be ≥ 0"),
+    (dict(pos_weight=torch.tensor([float("inf")])), "pos_weight contains 1 non-finite"),
+    (dict(pos_weight=torch.ones(2)), "pos_weight must have shape"),
+    (dict(pos_weight=torch.ones(1), label_smoothing=0.1), "cannot be combined"),
+])
+def test_weight_errors(bad, msg):
+    with pytest.raises(ValueError, match=msg): contrastive_loss(torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([0]), **bad)
+
+def test_nan_similarity_is_named():
+    with pytest.raises(ValueError, match="sim contains 1 NaN"):
+        contrastive_loss(torch.tensor([[1.0, float("nan"), 0.0]]), torch.tensor([[True, False, False]]))

@@ -2,10 +2,12 @@
 import math
 import pytest, torch
 import torch.nn.functional as F
-from contrastlab.methods.sepclr import (GLYPHS, render_glyphs, _split_digits, make_contrastive_digits, make_contrastive_1d,
-                                        salient_patterns, POSITIONS_1D, sq_dists, align_loss, unif_loss, jem_loss,
-                                        sepclr_loss, check_groups, SepCLR, default_encoder, train_sepclr, auroc,
-                                        cross_probes, OFFICIAL_WEIGHTS)
+from contrastlab.losses import sq_dists, alignment_loss as align_loss, uniformity_loss
+from contrastlab.metrics import auroc
+from contrastlab.methods.sepclr import (GLYPHS, salient_glyphs as render_glyphs, _split_digits, make_contrastive_digits,
+                                        make_contrastive_1d, salient_patterns, POSITIONS_1D, jem_loss, sepclr_loss, check_groups,
+                                        SepCLR, default_encoder, train_sepclr, cross_probes, OFFICIAL_WEIGHTS)
+unif_loss = lambda a, t=1.0: uniformity_loss(a, t)
 
 # ---------- data ----------
 
@@ -119,7 +121,7 @@ def test_batch_guard():
     with pytest.raises(ValueError, match="no target rows"): sepclr_loss(c1, c2, s1, s2, torch.zeros(8, dtype=torch.long))
     with pytest.raises(ValueError, match="0 \\(background\\)"): check_groups(torch.tensor([0, 1, 2]))
     with pytest.raises(TypeError): check_groups(torch.tensor([0.0, 1.0]))
-    with pytest.raises(ValueError, match="rows"): sepclr_loss(c1, c2, s1, s2, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="group must have length 8"): sepclr_loss(c1, c2, s1, s2, torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="lam"): sepclr_loss(c1, c2, s1, s2, torch.tensor([0] * 3 + [1] * 5), lam=-1)
 
 # ---------- model, training, evaluation ----------

@@ -210,12 +210,16 @@ def label_positive_mask(
 
 # %% ../../nbs/losses/core.ipynb #c033
 class LossModule(nn.Module):
-    "A loss function as an `nn.Module`: the function's hyper-parameters are fixed at construction."
+    "A loss function as an `nn.Module`: the arguments given at construction (hyper-parameters, frozen helpers) are fixed."
     fn = None
-    def __init__(self, **params):
+    def __init__(self, *args, **params):
         super().__init__()
         sig = inspect.signature(type(self).fn)
-        names = [p.name for p in sig.parameters.values() if p.default is not inspect.Parameter.empty and p.name not in ("stats",)]
+        names = [p.name for p in sig.parameters.values() if p.name != "stats"]
+        positional = [p.name for p in sig.parameters.values() if p.default is not inspect.Parameter.empty
+                      and p.kind == inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        if len(args) > len(positional): raise TypeError(f"{type(self).__name__} takes at most {len(positional)} positional hyper-parameter(s) {positional}, got {len(args)}")
+        params = {**dict(zip(positional, args)), **params}
         unknown = sorted(set(params) - set(names))
         if unknown: raise TypeError(f"{type(self).__name__} got unknown hyper-parameter(s) {unknown}; known: {names}")
         if "temperature" in params: params["temperature"] = check_positive(params["temperature"], "temperature")

@@ -130,7 +130,8 @@ def cross_view_nce(
     else:
         if not isinstance(logit_scale, torch.Tensor) or logit_scale.numel() != 1:
             raise TypeError(f"logit_scale must be a one-element tensor, got {type(logit_scale).__name__}")
-        check_positive(logit_scale.detach(), "logit_scale"); scale = logit_scale.float()
+        check_positive(logit_scale.detach(), "logit_scale")
+        scale = logit_scale if logit_scale.dtype in (torch.float32, torch.float64) else logit_scale.float()
     an, bn = normalize(a), normalize(b)
     nn_ = None
     if negatives is not None:

@@ -28,6 +28,9 @@ def sq_dists(
     return ((a * a).sum(1, keepdim=True) + (b * b).sum(1) - 2 * a @ b.T).clamp_min(0)
 
 # %% ../../nbs/losses/terms.ipynb #c008
+def _wide(x: torch.Tensor) -> torch.Tensor: return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+# %% ../../nbs/losses/terms.ipynb #c010
 def alignment_loss(
     a:torch.Tensor, # first rows: (N, D)
     b:torch.Tensor, # their positives: (N, D)
@@ -35,10 +38,11 @@ def alignment_loss(
 )->torch.Tensor:
     "Mean ‖a_i − b_i‖^α over the rows (positive pairs); lower is better."
     check_pair(a, b, ("a", "b")); alpha = check_positive(alpha, "alpha")
+    a, b = _wide(a), _wide(b)
     if alpha == 2.0: return (a - b).pow(2).sum(1).mean()
     return (a - b).norm(dim=1).pow(alpha).mean()
 
-# %% ../../nbs/losses/terms.ipynb #c011
+# %% ../../nbs/losses/terms.ipynb #c013
 def uniformity_loss(
     z:torch.Tensor, # rows (N ≥ 2, D), normalised or not
     t:float=2.0, # the scale of the Gaussian kernel
@@ -47,7 +51,7 @@ def uniformity_loss(
 )->torch.Tensor:
     "log mean_{i<j} exp(−t ‖z_i − z_j‖²) over distinct pairs (without partner pairs)."
     check_embeddings(z, "z", min_rows=2); t = check_positive(t, "t")
-    n = len(z); iu = torch.triu_indices(n, n, 1, device=z.device)
+    z = _wide(z); n = len(z); iu = torch.triu_indices(n, n, 1, device=z.device)
     d = sq_dists(z)[iu[0], iu[1]]
     if partners is not None:
         check_tensor(partners, "partners", ndim=1, floating=False)
@@ -56,7 +60,7 @@ def uniformity_loss(
         if len(d) == 0: raise ValueError("no pairs are left once partners are removed")
     return torch.logsumexp(-t * d, 0) - math.log(len(d))
 
-# %% ../../nbs/losses/terms.ipynb #c016
+# %% ../../nbs/losses/terms.ipynb #c018
 AlignmentLoss = loss_module(alignment_loss, "AlignmentLoss")
 UniformityLoss = loss_module(uniformity_loss, "UniformityLoss")
 

@@ -10,7 +10,8 @@ import copy, math, os
 import numpy as np
 import torch
 import torch.nn as nn
-from ..core import get_device, seed_everything, generator, check_int, check_positive, check_choice, check_tensor
+from ..core import (get_device, seed_everything, generator, check_int, check_positive, check_choice, check_tensor,
+                              check_pair, check_embeddings)
 from ..data import BatchSampler, SceneWorld, SWAPS, swap_scenes, ORDER_PERTURBATIONS, perturb_words
 from ..nets import TinyCLIP
 from ..losses import cross_view_nce, normalize, loss_module
@@ -109,7 +110,7 @@ def negclip_loss(
     temperature:float=0.07, # τ when no `logit_scale` is given
 )->torch.Tensor:
     "NegCLIP (Yuksekgonul et al. 2023): image→text over [true | hard-negative] captions, text→image over true captions."
-    check_tensor(neg_text_emb, "neg_text_emb", ndim=2, floating=True)
+    check_pair(image_emb, text_emb, ("image_emb", "text_emb")); check_embeddings(neg_text_emb, "neg_text_emb")
     if neg_text_emb.shape != image_emb.shape:
         raise ValueError(f"neg_text_emb must have the shape of image_emb {tuple(image_emb.shape)} (one hard negative per image), got {tuple(neg_text_emb.shape)}")
     if logit_scale is not None and not isinstance(logit_scale, torch.Tensor):

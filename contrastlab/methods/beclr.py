@@ -219,7 +219,10 @@ def beclr_loss(
     appended:bool=False, # neighbours as appended rows (official) instead of extra targets (intended)
 )->dict:
     "BECLR's pretraining objective (Poulakakis-Daktylidis & Jamali-Rad 2024): BYOL-style positives + λ·uniformity; `loss`, `l_pos`, `l_neg`."
-    for nm, v in (("p1", p1), ("p2", p2), ("t1", t1), ("t2", t2), ("z1", z1), ("z2", z2)): check_tensor(v, nm, ndim=2, floating=True, finite=True, min_rows=2)
+    for nm, v in (("p1", p1), ("p2", p2), ("t1", t1), ("t2", t2), ("z1", z1), ("z2", z2)):
+        check_tensor(v, nm, ndim=2, floating=True, finite=True, min_rows=2)
+        if v.shape != p1.shape: raise ValueError(f"{nm} must have the shape of p1 {tuple(p1.shape)}, got {tuple(v.shape)}")
+    check_positive(neg_temperature, "neg_temperature")
     tz1, tz2 = normalize(t1), normalize(t2)
     if n1 is None or not appended:
         l_pos = -0.5 * (F.cosine_similarity(p1, tz2).mean() + F.cosine_similarity(p2, tz1).mean())

@@ -304,15 +304,16 @@ def ue_loss(
 def ra_loss(
     e_remain:torch.Tensor, # current embeddings of remaining rows (B, D)
     e_forget:torch.Tensor, # current embeddings of forget rows (B', D)
-    t_remain:torch.Tensor, # the Original's embeddings of the same remaining rows (B, D)
-    t_forget:torch.Tensor, # the Original's embeddings of the same forget rows (B', D)
+    t_remain:torch.Tensor, # the Original's embeddings of the same remaining rows (B, D), computed without gradient
+    t_forget:torch.Tensor, # the Original's embeddings of the same forget rows (B', D), computed without gradient
     temperature:float=20.0, # τ of the forget term
 )->torch.Tensor:
     "LAF's L_RA: Σ_r [d_r − log Σ_f exp(d_f/τ)] with d = 1 − cos(embedding, the Original's embedding)."
     check_pair(e_remain, t_remain, ("e_remain", "t_remain")); check_pair(e_forget, t_forget, ("e_forget", "t_forget"))
     temperature = check_positive(temperature, "temperature")
-    d_r = 1 - F.cosine_similarity(e_remain, t_remain.detach(), dim=1)
-    d_f = 1 - F.cosine_similarity(e_forget, t_forget.detach(), dim=1)
+    if e_remain.dtype in (torch.float16, torch.bfloat16): e_remain, e_forget, t_remain, t_forget = (v.float() for v in (e_remain, e_forget, t_remain, t_forget))
+    d_r = 1 - F.cosine_similarity(e_remain, t_remain, dim=1)
+    d_f = 1 - F.cosine_similarity(e_forget, t_forget, dim=1)
     return (d_r - torch.logsumexp(d_f / temperature, 0)).sum()
 
 # %% ../../nbs/methods/laf.ipynb #c033

@@ -144,6 +144,8 @@ def jem_loss(
     Minimising it spreads the *joint* distribution of (c, s), which penalises c and s that carry the same information."""
     check_embeddings(c, "c"); check_embeddings(s, "s"); t = check_positive(t, "t")
     if len(c) != len(s): raise ValueError(f"c and s must describe the same rows, got {len(c)} and {len(s)}")
+    if c.dtype in (torch.float16, torch.bfloat16): c = c.float()
+    if s.dtype in (torch.float16, torch.bfloat16): s = s.float()
     k = -t * (sq_dists(c) + sq_dists(s))
     return (torch.logsumexp(k, 1) - math.log(len(c))).mean()
 
