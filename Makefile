@@ -58,9 +58,8 @@ docs: export
 	$(BIN)/contrastlab run --preset ci --out _build/docs_run; $(BIN)/python tools/build_docs.py _build/docs_run
 
 readme: export
-	$(BIN)/nbdev-proc-nbs --file-re 'index\.ipynb$$' >/dev/null
-	$(BIN)/jupyter nbconvert --to markdown _proc/index.ipynb --output-dir . --output README --TemplateExporter.exclude_raw=True
-	$(BIN)/python -c "import pathlib; p = pathlib.Path('README.md'); t = p.read_text().split(chr(10), 1); p.write_text(t[0] + chr(10) + chr(10) + '# contrastlab' + chr(10) + chr(10) + '> A notebook-first lab for contrastive representation learning: every method real, trained, measured and drawn.' + chr(10) + t[1])"
+	$(BIN)/contrastlab run nbs/index.ipynb --out _build/readme >/dev/null
+	$(BIN)/python tools/readme.py _build/readme/index.ipynb
 
 # Peers are bench-only: installed --no-deps (lightly would pull torchvision and a CUDA torch), pinned in bench/requirements.txt.
 bench: export peers

@@ -67,6 +67,7 @@ def all_reduce_sum(
     out = x.detach().clone(); dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
 
+# %% ../nbs/distributed.ipynb #c014
 def all_reduce_max(
     x:torch.Tensor, # a tensor of the same shape on every rank
 )->torch.Tensor:
@@ -76,6 +77,7 @@ def all_reduce_max(
     out = x.detach().clone(); dist.all_reduce(out, op=dist.ReduceOp.MAX)
     return out
 
+# %% ../nbs/distributed.ipynb #c016
 def global_count(
     n:int, # this rank's count
     device="cpu", # where the collective runs (the device of the loss)
@@ -85,7 +87,7 @@ def global_count(
     if ws == 1: return int(n)
     return int(all_reduce_sum(torch.tensor([int(n)], device=device)).item())
 
-# %% ../nbs/distributed.ipynb #c015
+# %% ../nbs/distributed.ipynb #c020
 def _free_port()->int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
@@ -123,7 +125,7 @@ def _compare_worker(rank, ws, port, folder, loss, inputs, params, sizes, output)
     finally:
         dist.destroy_process_group()
 
-# %% ../nbs/distributed.ipynb #c016
+# %% ../nbs/distributed.ipynb #c021
 def compare_with_single_process(
     loss, # a registered loss (`LossSpec` or name), or `(fn, batch_args)` for any function taking `gather_distributed`
     inputs:dict, # the whole batch: keyword inputs of the loss

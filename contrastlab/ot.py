@@ -47,9 +47,18 @@ def _check_problem(cost, eps, a, b):
     return C, eps, a, b, batched
 
 # %% ../nbs/ot.ipynb #c009
-def sinkhorn_log(cost: torch.Tensor, eps: float = 0.05, a: torch.Tensor | None = None, b: torch.Tensor | None = None, *,
-                 tol: float = 1e-9, max_iter: int = 1000, check_every: int = 10, compact: bool = True,
-                 return_info: bool = False):
+def sinkhorn_log(
+    cost:torch.Tensor, # cost matrix (n, m) or a batch of them (E, n, m)
+    eps:float=0.05, # entropic regularisation ε
+    a:torch.Tensor | None=None, # row marginals (n,) or (E, n); uniform when None
+    b:torch.Tensor | None=None, # column marginals (m,) or (E, m); uniform when None
+    *,
+    tol:float=1e-9, # L2 error of the column marginal at which a problem stops
+    max_iter:int=1000, # iterations at most
+    check_every:int=10, # iterations between convergence checks
+    compact:bool=True, # drop converged problems from the working batch
+    return_info:bool=False, # also return per-problem `n_iter`, `err`, `converged`
+):
     """Entropic OT plan(s) for `cost` (n, m) or a batch (E, n, m), in the log domain.
 
     `a` (n,) / (E, n) and `b` (m,) / (E, m) are the marginals (uniform when None). Iterations stop per problem once the

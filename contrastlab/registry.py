@@ -116,6 +116,7 @@ def discover():
         for info in pkgutil.iter_modules(mod.__path__):
             if not info.name.startswith("_"): importlib.import_module(f"{pkg}.{info.name}")
 
+# %% ../nbs/registry.ipynb #c015
 def papers(
     family:str|None=None, # only this family
 )->list[Paper]:
@@ -124,11 +125,13 @@ def papers(
     out = sorted(_PAPERS.values(), key=lambda p: (FAMILIES.index(p.family), p.year, p.key))
     return [p for p in out if family is None or p.family == family]
 
+# %% ../nbs/registry.ipynb #c017
 def losses()->list[LossSpec]:
-    "Every registered loss: the layers' and the papers'."
-    discover(); importlib.import_module("contrastlab.losses")
+    "Every registered loss: the layers' (registered when `contrastlab.losses` is imported, as every paper does) and the papers'."
+    discover()
     return sorted(_LOSSES.values(), key=lambda s: s.name)
 
+# %% ../nbs/registry.ipynb #c019
 def get_loss(
     name:str, # a registered loss name
 )->LossSpec:
@@ -137,7 +140,7 @@ def get_loss(
     if name not in known: raise KeyError(f"no registered loss {name!r}; known: {sorted(known)}")
     return known[name]
 
-# %% ../nbs/registry.ipynb #c015
+# %% ../nbs/registry.ipynb #c022
 def papers_markdown(
     base:str="", # prefix of the notebook links (e.g. "" on the index page)
 )->str:

@@ -15,17 +15,21 @@ __all__ = ['project_root', 'results_dir', 'save_results', 'results_table', 'Note
            'run_notebook', 'default_notebooks', 'run_notebooks', 'main']
 
 # %% ../nbs/runner.ipynb #c005
-def project_root(start: str | Path | None = None) -> Path:
+def project_root(
+    start:str | Path | None=None, # where to start looking (default: the working directory)
+)->Path:
     "The nearest folder above `start` (default: cwd) holding a `pyproject.toml`, else the cwd."
     p = Path(start or os.getcwd()).resolve()
     for q in (p, *p.parents):
         if (q / "pyproject.toml").exists(): return q
     return p
 
+# %% ../nbs/runner.ipynb #c007
 def results_dir() -> Path:
     "Where `save_results` writes: `$CONTRASTLAB_RESULTS` or `<project root>/results`."
     return Path(os.environ.get("CONTRASTLAB_RESULTS") or project_root() / "results")
 
+# %% ../nbs/runner.ipynb #c009
 def _jsonable(x):
     import numpy as np, torch
     if isinstance(x, dict): return {str(k): _jsonable(v) for k, v in x.items()}
@@ -35,7 +39,13 @@ def _jsonable(x):
     if isinstance(x, np.ndarray): return x.tolist()
     return x
 
-def save_results(name: str, metrics: dict, preset: str, seed, **extra) -> Path:
+def save_results(
+    name:str, # letters, digits, '-' or '_': the file is results/<name>.json
+    metrics:dict, # what was measured (nested dicts, tensors and arrays are fine)
+    preset:str, # "ci" or "full"
+    seed, # the notebook's seed
+    **extra, # more top-level fields
+)->Path:
     "Write `results/<name>.json` with metrics, preset, seed, versions and wall time; return its path."
     if not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"name must be letters, digits, '-' or '_', got {name!r}")
@@ -48,7 +58,7 @@ def save_results(name: str, metrics: dict, preset: str, seed, **extra) -> Path:
     tmp = path.with_suffix(".json.tmp"); tmp.write_text(json.dumps(rec, indent=2, allow_nan=True)); os.replace(tmp, path)
     return path
 
-# %% ../nbs/runner.ipynb #c006
+# %% ../nbs/runner.ipynb #c011
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -56,7 +66,10 @@ def _flatten(d: dict, prefix: str = "") -> dict:
         elif isinstance(v, (int, float)) and not isinstance(v, bool): out[f"{prefix}{k}"] = v
     return out
 
-def results_table(folder: str | Path | None = None, max_rows_per_result: int = 40) -> str:
+def results_table(
+    folder:str | Path | None=None, # a results folder (default: `results_dir()`)
+    max_rows_per_result:int=40, # rows shown per result file
+)->str:
     "A plain-text table of the scalar metrics of every `*.json` in `folder`."
     folder = Path(folder or results_dir())
     files = sorted(folder.glob("*.json"))
@@ -72,14 +85,17 @@ def results_table(folder: str | Path | None = None, max_rows_per_result: int = 4
         if len(flat) > max_rows_per_result: lines.append(f"{'':<12} … {len(flat) - max_rows_per_result} more in {f.name}")
     return "\n".join(lines)
 
-# %% ../nbs/runner.ipynb #c010
+# %% ../nbs/runner.ipynb #c015
 class NotebookFailed(RuntimeError):
     "A notebook raised: carries the notebook path, the failing cell index and the traceback text."
     def __init__(self, notebook, cell, ename, evalue, tb=""):
         self.notebook, self.cell, self.ename, self.evalue, self.tb = str(notebook), cell, ename, evalue, tb
         super().__init__(f"{self.notebook}: cell {cell} raised {ename}: {evalue}\n{tb}")
 
-def notebook_parameters(path) -> dict:
+# %% ../nbs/runner.ipynb #c017
+def notebook_parameters(
+    path, # a notebook
+)->dict:
     "The parameters a notebook declares (name → default) in its cell tagged `parameters`."
     import papermill as pm
     return {k: v["default"] for k, v in pm.inspect_notebook(str(path)).items()}
@@ -89,7 +105,7 @@ def _coerce(value: str):
     try: return ast.literal_eval(value)
     except (ValueError, SyntaxError): return value
 
-# %% ../nbs/runner.ipynb #c011
+# %% ../nbs/runner.ipynb #c019
 def _failure_from(nb_path, exc) -> NotebookFailed:
     "Turn papermill's exception into a `NotebookFailed` that names the cell."
     import re, nbformat
@@ -106,8 +122,15 @@ def _failure_from(nb_path, exc) -> NotebookFailed:
     except Exception: pass
     return NotebookFailed(nb_path, cell, ename, evalue, tb)
 
-def run_notebook(path, out_dir, preset: str = "ci", params: dict | None = None, timeout: int | None = None,
-                 kernel: str = "python3", log_output: bool = False) -> Path:
+def run_notebook(
+    path, # the notebook
+    out_dir, # where the executed copy goes
+    preset:str="ci", # "ci" or "full"
+    params:dict | None=None, # other parameters (each must be declared)
+    timeout:int | None=None, # seconds per cell (None: no limit)
+    kernel:str="python3", # the Jupyter kernel
+    log_output:bool=False, # echo the cells' output
+)->Path:
     "Execute one notebook with papermill into `out_dir`; raise `NotebookFailed` on error."
     import papermill as pm
     path, out_dir = Path(path).resolve(), Path(out_dir).resolve()
@@ -133,14 +156,22 @@ def run_notebook(path, out_dir, preset: str = "ci", params: dict | None = None, 
             else: os.environ[k] = v
     return out
 
-# %% ../nbs/runner.ipynb #c012
-def default_notebooks(nbs: str | Path | None = None) -> list[Path]:
+# %% ../nbs/runner.ipynb #c020
+def default_notebooks(
+    nbs:str | Path | None=None, # the notebook folder (default: <project>/nbs)
+)->list[Path]:
     "Every notebook under `nbs/` that declares parameters or is a library notebook, in a stable order."
     nbs = Path(nbs or project_root() / "nbs")
     return sorted(p for p in nbs.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts and not p.name.startswith("_"))
 
-def run_notebooks(notebooks=None, preset: str = "ci", params: dict | None = None, out: str | Path | None = None,
-                  keep_going: bool = True) -> tuple[Path, list]:
+# %% ../nbs/runner.ipynb #c022
+def run_notebooks(
+    notebooks=None, # paths (default: every notebook)
+    preset:str="ci", # "ci" or "full"
+    params:dict | None=None, # parameters, passed to the notebooks that declare them
+    out:str | Path | None=None, # output folder (default: runs/<timestamp>)
+    keep_going:bool=True, # run the rest after a failure
+)->tuple[Path,list]:
     "Run notebooks into `out` (default `runs/<timestamp>`); return the folder and a list of failures."
     notebooks = [Path(n) for n in (notebooks or default_notebooks())]
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -162,8 +193,10 @@ def run_notebooks(notebooks=None, preset: str = "ci", params: dict | None = None
             if not keep_going: break
     return out, failures
 
-# %% ../nbs/runner.ipynb #c014
-def main(argv=None) -> int:
+# %% ../nbs/runner.ipynb #c025
+def main(
+    argv=None, # command-line arguments (default: sys.argv)
+)->int:
     "Entry point of the `contrastlab` command."
     ap = argparse.ArgumentParser(prog="contrastlab", description="Run contrastlab notebooks headlessly and collect results.")
     sub = ap.add_subparsers(dest="cmd", required=True)

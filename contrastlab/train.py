@@ -69,6 +69,7 @@ def save_checkpoint(
         if os.path.exists(tmp): os.remove(tmp)
         raise
 
+# %% ../nbs/train.ipynb #c011
 def load_checkpoint(
     path, # a file written by `save_checkpoint`
 )->dict:
@@ -77,7 +78,7 @@ def load_checkpoint(
     if not path.exists(): raise FileNotFoundError(f"no checkpoint at {path}")
     return torch.load(path, map_location="cpu", weights_only=False)
 
-# %% ../nbs/train.ipynb #c011
+# %% ../nbs/train.ipynb #c014
 def _scalars(out, manual: bool) -> dict:
     if isinstance(out, torch.Tensor) and not manual: return {"loss": out}
     if isinstance(out, dict) and (manual or "loss" in out): return out
@@ -161,7 +162,7 @@ def fit(
     snapshot(epochs if max_steps is None or step < max_steps else (step // per_epoch if per_epoch else epochs))
     return history
 
-# %% ../nbs/train.ipynb #c019
+# %% ../nbs/train.ipynb #c022
 def two_view_step(
     views, # `views(x) -> (view1, view2)` (e.g. `data.TwoViews(Augment1D())`)
     x:torch.Tensor, # the whole training set, on the model's device

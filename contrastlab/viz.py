@@ -27,7 +27,12 @@ def _layout(fig, title, **kw):
     return fig
 
 # %% ../nbs/viz.ipynb #c007
-def project_2d(z, method: str = "umap", seed: int = 0, n_neighbors: int = 15) -> np.ndarray:
+def project_2d(
+    z, # embeddings (N, D)
+    method:str="umap", # "umap" or "pca"
+    seed:int=0, # UMAP's seed
+    n_neighbors:int=15, # UMAP's neighbourhood size
+)->np.ndarray:
     "2-D coordinates of `z` by UMAP (cosine) or PCA."
     check_choice(method, "method", ["umap", "pca"])
     x = _emb(z).numpy()
@@ -52,13 +57,28 @@ def _scatter_traces(xy, labels, showlegend=True, names=None):
     return traces
 
 # %% ../nbs/viz.ipynb #c008
-def embedding_map(z, labels, method: str = "umap", title: str | None = None, seed: int = 0, names=None) -> go.Figure:
+def embedding_map(
+    z, # embeddings (N, D)
+    labels, # a class per row (N,), for the colours
+    method:str="umap", # "umap" or "pca"
+    title:str | None=None, # figure title
+    seed:int=0, # UMAP's seed
+    names=None, # display names of the classes
+)->go.Figure:
     "Scatter of a 2-D projection of `z`, coloured by `labels`; hover shows index and label."
     xy = project_2d(z, method, seed)
     fig = go.Figure(_scatter_traces(xy, _labels(labels, len(xy)), names=names))
     return _layout(fig, title or f"{method.upper()} map", height=450, legend_title="label")
 
-def embedding_maps(zs: dict, labels, method: str = "umap", title: str | None = None, seed: int = 0, names=None) -> go.Figure:
+# %% ../nbs/viz.ipynb #c010
+def embedding_maps(
+    zs:dict, # {name: embeddings (N, D)}, drawn side by side
+    labels, # a class per row (N,)
+    method:str="umap", # "umap" or "pca"
+    title:str | None=None, # figure title
+    seed:int=0, # UMAP's seed
+    names=None, # display names of the classes
+)->go.Figure:
     "Side-by-side maps of several embeddings of the same points (e.g. before / after training)."
     fig = make_subplots(rows=1, cols=len(zs), subplot_titles=list(zs))
     for j, (name, z) in enumerate(zs.items()):
@@ -67,8 +87,11 @@ def embedding_maps(zs: dict, labels, method: str = "umap", title: str | None = N
     fig.update_xaxes(showticklabels=False); fig.update_yaxes(showticklabels=False)
     return _layout(fig, title or f"{method.upper()} maps", height=420, legend_title="label")
 
-# %% ../nbs/viz.ipynb #c011
-def align_uniform_plane(runs: dict, title: str = "alignment–uniformity plane") -> go.Figure:
+# %% ../nbs/viz.ipynb #c014
+def align_uniform_plane(
+    runs:dict, # {name: [(alignment, uniformity), ...]} trajectories
+    title:str="alignment–uniformity plane", # figure title
+)->go.Figure:
     "`runs` maps a name to a list of (alignment, uniformity) points (a trajectory) or one point."
     fig = go.Figure()
     for j, (name, pts) in enumerate(runs.items()):
@@ -81,8 +104,12 @@ def align_uniform_plane(runs: dict, title: str = "alignment–uniformity plane")
     fig.update_xaxes(title="alignment  (lower is better)"); fig.update_yaxes(title="uniformity  (lower is better)")
     return _layout(fig, title, height=420)
 
-# %% ../nbs/viz.ipynb #c013
-def singular_spectrum(zs: dict, title: str = "singular value spectrum", normalize: bool = True) -> go.Figure:
+# %% ../nbs/viz.ipynb #c016
+def singular_spectrum(
+    zs:dict, # {name: embeddings (N, D)}
+    title:str="singular value spectrum", # figure title
+    normalize:bool=True, # divide each spectrum by its largest value
+)->go.Figure:
     "Log-scale singular values of each embedding set (normalised by the largest): collapse shows as a cliff."
     fig = go.Figure()
     for j, (name, z) in enumerate(zs.items()):
@@ -91,7 +118,13 @@ def singular_spectrum(zs: dict, title: str = "singular value spectrum", normaliz
     fig.update_yaxes(type="log", title="σ_k / σ_1" if normalize else "σ_k"); fig.update_xaxes(title="index k")
     return _layout(fig, title, height=380)
 
-def similarity_heatmap(z, labels=None, max_points: int = 400, title: str = "cosine similarity") -> go.Figure:
+# %% ../nbs/viz.ipynb #c018
+def similarity_heatmap(
+    z, # embeddings (N, D)
+    labels=None, # a class per row, to sort the rows by
+    max_points:int=400, # rows drawn at most
+    title:str="cosine similarity", # figure title
+)->go.Figure:
     "Cosine-similarity matrix, rows sorted by label so that class blocks show."
     x = F.normalize(_emb(z), dim=1)
     order = np.arange(len(x)) if labels is None else np.argsort(_labels(labels, len(x)), kind="stable")
@@ -101,7 +134,12 @@ def similarity_heatmap(z, labels=None, max_points: int = 400, title: str = "cosi
     fig.update_yaxes(autorange="reversed")
     return _layout(fig, title + (" (sorted by label)" if labels is not None else ""), height=450, width=500)
 
-def isotropy_histogram(zs: dict, max_points: int = 1000, title: str = "pairwise cosine similarities") -> go.Figure:
+# %% ../nbs/viz.ipynb #c020
+def isotropy_histogram(
+    zs:dict, # {name: embeddings (N, D)}
+    max_points:int=1000, # rows used at most
+    title:str="pairwise cosine similarities", # figure title
+)->go.Figure:
     "Histograms of pairwise cosines: an isotropic set centres on 0, a collapsed one piles up near 1."
     fig = go.Figure()
     for j, (name, z) in enumerate(zs.items()):
@@ -112,7 +150,13 @@ def isotropy_histogram(zs: dict, max_points: int = 1000, title: str = "pairwise 
     fig.update_layout(barmode="overlay"); fig.update_xaxes(title="cosine", range=[-1, 1])
     return _layout(fig, title, height=380)
 
-def training_curves(history: dict, keys=None, title: str = "training curves", x: str = "step") -> go.Figure:
+# %% ../nbs/viz.ipynb #c022
+def training_curves(
+    history:dict, # a `train.History` or any dict of lists
+    keys=None, # the logged scalars to draw (default: all)
+    title:str="training curves", # figure title
+    x:str="step", # the key of the x axis
+)->go.Figure:
     "Line plots of logged scalars against `x` (one subplot per key)."
     keys = keys or [k for k in history if k not in ("step", "epoch") and len(history[k])]
     missing = [k for k in keys if k not in history]
@@ -124,8 +168,12 @@ def training_curves(history: dict, keys=None, title: str = "training curves", x:
     fig.update_xaxes(title=x)
     return _layout(fig, title, height=320, showlegend=False)
 
-# %% ../nbs/viz.ipynb #c016
-def temperature_profile(z1, z2, temperatures) -> dict:
+# %% ../nbs/viz.ipynb #c026
+def temperature_profile(
+    z1, # embeddings of view 1 (B, D)
+    z2, # embeddings of view 2 (B, D)
+    temperatures, # the τ values
+)->dict:
     "InfoNCE loss, effective number of candidates and mean positive weight of fixed views, per temperature."
     from contrastlab.losses import info_nce, normalize, two_view_index
     z = normalize(torch.cat([torch.as_tensor(z1), torch.as_tensor(z2)]).float())
@@ -148,8 +196,13 @@ def _widgets_live() -> bool:
         return ip is not None and ip.__class__.__name__ == "ZMQInteractiveShell"
     except ImportError: return False
 
-# %% ../nbs/viz.ipynb #c017
-def temperature_explorer(z1, z2, temperatures=None, live: bool | None = None):
+# %% ../nbs/viz.ipynb #c027
+def temperature_explorer(
+    z1, # embeddings of view 1 (B, D)
+    z2, # embeddings of view 2 (B, D)
+    temperatures=None, # the τ values (default: a log grid)
+    live:bool | None=None, # a slider widget (default: when a widget frontend is live)
+):
     "A τ slider over fixed views (live widget) or the static curves of `temperature_profile` (no frontend)."
     temps = list(np.geomspace(0.01, 2.0, 30)) if temperatures is None else list(temperatures)
     prof = temperature_profile(z1, z2, temps)

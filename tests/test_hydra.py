@@ -13,20 +13,7 @@ from contrastlab.nets import Conv1dEncoder
 from contrastlab.data import Augment1D, TwoViews
 
 
-def reference(L, pos, excl, denominator="own", weighting="row"):
-    "Direct float64 transcription: explicit exponentials, one denominator per positive."
-    L = L.double(); e = L.exp(); n = len(L); rows = []
-    for i in range(n):
-        P = [j for j in range(L.shape[1]) if pos[i, j]]
-        if not P: continue
-        N = [j for j in range(L.shape[1]) if not pos[i, j] and not excl[i, j]]
-        terms = []
-        for p in P:
-            den = e[i, p] + sum(e[i, k] for k in N) if denominator == "own" else sum(e[i, k] for k in P + N)
-            terms.append(torch.log(den) - L[i, p])
-        rows.append(torch.stack(terms))
-    if weighting == "row": return torch.stack([r.mean() for r in rows]).mean()
-    return torch.cat(rows).mean()
+from contrastlab.losses.reference import reference_multipositive as reference
 
 
 def setup(seed=0, B=10, D=5, C=3):

@@ -43,7 +43,7 @@ def test_noisy_label_split():
 def test_split_errors():
     with pytest.raises(ValueError, match="empty forget set"): class_removal_split(torch.tensor([0, 1, 2, 4]), 3)
     with pytest.raises(ValueError, match="whole training set"): class_removal_split(torch.zeros(10, dtype=torch.long), 0)
-    with pytest.raises(ValueError, match="labels must lie"): class_removal_split(torch.tensor([0, 12]), 0)
+    with pytest.raises(ValueError, match="must lie in"): class_removal_split(torch.tensor([0, 12]), 0)
     with pytest.raises(TypeError): class_removal_split(torch.rand(10), 0)
 
 def test_protocol_and_shapes():

@@ -60,6 +60,7 @@ def amplitude_1d(
     "Multiply each signal by a random gain."
     return x * _uniform(x.shape[0], scale[0], scale[1], g, x.device).unsqueeze(1)
 
+# %% ../../nbs/data/augment.ipynb #c010
 def add_noise(
     x:torch.Tensor, # any shape
     std:float=0.1, # standard deviation of the noise
@@ -68,7 +69,7 @@ def add_noise(
     "Add i.i.d. Gaussian noise."
     return x + std * torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
 
-# %% ../../nbs/data/augment.ipynb #c010
+# %% ../../nbs/data/augment.ipynb #c013
 class Augment1D:
     "A chain of 1-D signal augmentations for (B, L) or (B, 1, L) batches: crop-resize, shift, gain, noise."
     def __init__(self,
@@ -91,7 +92,7 @@ class Augment1D:
         return x.unsqueeze(1) if squeeze else x
     def __repr__(self): return f"Augment1D(max_shift={self.max_shift}, crop={self.crop}, gain={self.gain}, noise={self.noise})"
 
-# %% ../../nbs/data/augment.ipynb #c013
+# %% ../../nbs/data/augment.ipynb #c016
 def random_affine_2d(
     x:torch.Tensor, # images (B, C, H, W)
     max_rotate:float=15.0, # largest rotation, in degrees
@@ -110,7 +111,7 @@ def random_affine_2d(
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, padding_mode="zeros", align_corners=False)
 
-# %% ../../nbs/data/augment.ipynb #c014
+# %% ../../nbs/data/augment.ipynb #c017
 class Augment2D:
     "Affine warp plus Gaussian noise for small images (B, C, H, W)."
     def __init__(self,
@@ -125,7 +126,7 @@ class Augment2D:
         x = random_affine_2d(x, self.max_rotate, self.max_translate, self.scale, g)
         return add_noise(x, self.noise, g) if self.noise else x
 
-# %% ../../nbs/data/augment.ipynb #c016
+# %% ../../nbs/data/augment.ipynb #c019
 class GlyphAugment:
     "Affine crop/rotate/shift, stroke jitter, contrast and noise for (B, 1, H, W) glyph batches in [0, 1]."
     def __init__(self,
@@ -151,7 +152,7 @@ class GlyphAugment:
         return (x + torch.randn(x.shape, generator=g, device=g.device if g is not None else "cpu").to(dev)
                 * self.noise * rnd(B, 1, 1, 1)).clamp(0, 1)
 
-# %% ../../nbs/data/augment.ipynb #c019
+# %% ../../nbs/data/augment.ipynb #c022
 class TwoViews:
     "Wrap an augmentation `aug(x, g)` so that a call returns two independent views of the batch."
     def __init__(self,

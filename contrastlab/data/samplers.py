@@ -51,13 +51,14 @@ class StreamBatches:
         stop = self.n - self.n % self.batch_size if (self.drop_last and self.n >= self.batch_size) else self.n
         for i in range(0, stop, self.batch_size): yield order[i:i + self.batch_size]
 
+# %% ../../nbs/data/samplers.ipynb #c010
 class PairedBatches:
     "Zip of two samplers: each pass yields `(batch_a, batch_b)` pairs, as many as the shorter one has."
     def __init__(self, a, b): self.a, self.b = a, b
     def __len__(self): return min(len(self.a), len(self.b))
     def __iter__(self): return zip(self.a, self.b)
 
-# %% ../../nbs/data/samplers.ipynb #c011
+# %% ../../nbs/data/samplers.ipynb #c014
 class BalancedBatchSampler:
     "Batches of `n_classes` classes × `n_per_class` samples each (SupCon-style P×K batches), seeded per epoch."
     def __init__(self,
@@ -88,7 +89,7 @@ class BalancedBatchSampler:
                 parts.append(pool[pick])
             yield torch.cat(parts)
 
-# %% ../../nbs/data/samplers.ipynb #c014
+# %% ../../nbs/data/samplers.ipynb #c017
 class EpisodeSampler:
     "Seeded N-way K-shot Q-query episodes over `labels`; `sample(E)` returns support (E, N, K) and query (E, N, Q) indices."
     def __init__(self,

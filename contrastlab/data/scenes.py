@@ -80,6 +80,7 @@ def sample(self:SceneWorld,
     r = rng.integers(0, self.n_relations, n)
     return torch.from_numpy(np.stack([c1, s1, r, c2, s2], 1)).long()
 
+# %% ../../nbs/data/scenes.ipynb #c011
 @patch
 def _check_scenes(self: SceneWorld, scenes) -> torch.Tensor:
     check_tensor(scenes, "scenes", ndim=2, floating=False)
@@ -116,18 +117,20 @@ def render(self:SceneWorld,
             patch[:, masks[s]] = rgb[c][:, None]
     return torch.from_numpy(img)
 
-# %% ../../nbs/data/scenes.ipynb #c013
+# %% ../../nbs/data/scenes.ipynb #c015
 @patch
 def caption(self: SceneWorld, scene) -> str:
     "The template caption of one scene."
     c1, s1, r, c2, s2 = (int(v) for v in scene)
     return f"a {self.colors[c1]} {self.shapes[s1]} {RELATIONS[r]} a {self.colors[c2]} {self.shapes[s2]}"
 
+# %% ../../nbs/data/scenes.ipynb #c017
 @patch
 def captions(self: SceneWorld, scenes: torch.Tensor) -> list:
     "Captions of all rows of `scenes`."
     return [self.caption(s) for s in self._check_scenes(scenes).tolist()]
 
+# %% ../../nbs/data/scenes.ipynb #c019
 @patch
 def words_roles(self: SceneWorld, caption: str) -> tuple:
     "Split a caption into words and their roles (DET, ADJ, NOUN, REL)."
@@ -136,6 +139,7 @@ def words_roles(self: SceneWorld, caption: str) -> tuple:
     if bad: raise ValueError(f"words {bad} are not in this world's vocabulary {sorted(self.roles)}")
     return words, [self.roles[w] for w in words]
 
+# %% ../../nbs/data/scenes.ipynb #c021
 @patch
 def tokenize(self: SceneWorld, captions) -> torch.Tensor:
     "Token ids (N, 8), 0-padded on the right."
@@ -148,6 +152,7 @@ def tokenize(self: SceneWorld, captions) -> torch.Tensor:
         out[i, :len(words)] = torch.tensor([self.vocab[w] for w in words])
     return out
 
+# %% ../../nbs/data/scenes.ipynb #c023
 @patch
 def parse(self: SceneWorld, caption: str):
     "The scene `(c1, s1, r, c2, s2)` a caption describes, or `None` if it is not a template caption."
@@ -160,18 +165,21 @@ def parse(self: SceneWorld, caption: str):
             return (self.colors.index(a[1]), self.shapes.index(a[2]), r, self.colors.index(b[1]), self.shapes.index(b[2]))
     return None
 
+# %% ../../nbs/data/scenes.ipynb #c025
 @patch
 def canonical(self: SceneWorld, scene) -> tuple:
     "Rewrite 'A right of B' as 'B left of A' and 'A below B' as 'B above A': one form per scene."
     c1, s1, r, c2, s2 = (int(v) for v in scene)
     return (c2, s2, FLIP[r], c1, s1) if r in (1, 3) else (c1, s1, r, c2, s2)
 
+# %% ../../nbs/data/scenes.ipynb #c027
 @patch
 def describes(self: SceneWorld, caption: str, scene) -> bool:
     "Is `caption` a true description of `scene` (compared as canonical scenes, not as strings)?"
     p = self.parse(caption)
     return p is not None and self.canonical(p) == self.canonical(scene)
 
+# %% ../../nbs/data/scenes.ipynb #c029
 @patch
 def scene_ids(self: SceneWorld, scenes: torch.Tensor) -> torch.Tensor:
     "One integer per canonical scene: two captions describe the same scene iff their ids are equal."
@@ -180,7 +188,7 @@ def scene_ids(self: SceneWorld, scenes: torch.Tensor) -> torch.Tensor:
                          self.n_relations * self.n_colors * self.n_shapes, self.n_colors * self.n_shapes, self.n_shapes, 1])
     return (can * base).sum(1)
 
-# %% ../../nbs/data/scenes.ipynb #c017
+# %% ../../nbs/data/scenes.ipynb #c033
 SWAPS = ("attribute_swap", "object_swap", "relation_flip")
 
 def swap_scenes(

@@ -153,11 +153,12 @@ class InfoNCELoss(LossModule):
     "NT-Xent (SimCLR) as a module: `InfoNCELoss(temperature=0.1)(z1, z2)`."
     fn = staticmethod(info_nce)
 
+# %% ../../nbs/losses/named.ipynb #c024
 class SupConLoss(LossModule):
     "SupCon as a module: `SupConLoss(temperature=0.1)(z, labels)`."
     fn = staticmethod(sup_con)
 
-# %% ../../nbs/losses/named.ipynb #c024
+# %% ../../nbs/losses/named.ipynb #c027
 class CLIPLoss(nn.Module):
     "Symmetric CLIP loss with a learnable logit scale (stored as a log, clamped to ≤ `max_scale`)."
     def __init__(self,
@@ -171,7 +172,7 @@ class CLIPLoss(nn.Module):
     def forward(self, a, b, gather_distributed: bool = False):
         return cross_view_nce(a, b, logit_scale=self.scale, gather_distributed=gather_distributed)
 
-# %% ../../nbs/losses/named.ipynb #c027
+# %% ../../nbs/losses/named.ipynb #c030
 def _views(dtype, seed, b=6, d=5):
     g = generator(seed)
     return torch.randn(b, d, generator=g).to(dtype), torch.randn(b, d, generator=g).to(dtype)

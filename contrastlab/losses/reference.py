@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['reference_loss', 'reference_info_nce', 'reference_sup_con', 'reference_cross_view', 'reference_alignment',
-           'reference_uniformity', 'reference_sinkhorn']
+           'reference_uniformity', 'reference_sinkhorn', 'reference_multipositive', 'reference_jem']
 
 # %% ../../nbs/losses/reference.ipynb #c005
 def reference_loss(
@@ -60,12 +60,14 @@ def reference_info_nce(z1, z2, temperature, decoupled=False, pos_weight=None):
     return reference_loss(z @ z.T, _two_view_mask(len(z1)), temperature, exclude=torch.eye(n, dtype=torch.bool),
                           decoupled=decoupled, pos_weight=pw)
 
+# %% ../../nbs/losses/reference.ipynb #c010
 def reference_sup_con(z, labels, temperature):
     "SupCon: same-label rows positive, the row itself excluded."
     zn = F.normalize(z.double(), dim=1); n = len(z)
     eye = torch.eye(n, dtype=torch.bool)
     return reference_loss(zn @ zn.T, (labels[:, None] == labels[None, :]) & ~eye, temperature, exclude=eye)
 
+# %% ../../nbs/losses/reference.ipynb #c012
 def reference_cross_view(a, b, temperature, symmetric=True, negatives=None):
     "CLIP / MNRL / MoCo: row i of `a` against [b | negatives], and (symmetric) row i of `b` against `a`."
     an, bn = F.normalize(a.double(), dim=1), F.normalize(b.double(), dim=1)
@@ -75,11 +77,12 @@ def reference_cross_view(a, b, temperature, symmetric=True, negatives=None):
     if not symmetric: return l1
     return (l1 + reference_loss(bn @ an.T, eye[:, :len(a)], temperature)) / 2
 
-# %% ../../nbs/losses/reference.ipynb #c010
+# %% ../../nbs/losses/reference.ipynb #c015
 def reference_alignment(a, b, alpha=2.0):
     "Mean over rows of ‖a_i − b_i‖^α."
     return torch.stack([((a[i].double() - b[i].double()) ** 2).sum() ** (alpha / 2) for i in range(len(a))]).mean()
 
+# %% ../../nbs/losses/reference.ipynb #c017
 def reference_uniformity(z, t=2.0, partners=None):
     "log of the mean over distinct pairs (without partner pairs) of exp(−t ‖z_i − z_j‖²)."
     z = z.double(); vals = []
@@ -89,7 +92,7 @@ def reference_uniformity(z, t=2.0, partners=None):
             vals.append(torch.exp(-t * ((z[i] - z[j]) ** 2).sum()))
     return torch.log(torch.stack(vals).mean())
 
-# %% ../../nbs/losses/reference.ipynb #c012
+# %% ../../nbs/losses/reference.ipynb #c020
 def reference_sinkhorn(scores, eps=0.05, n_iter=3):
     "Codes (B, K): rows of exp(scores/ε) alternately scaled so that prototypes hold 1/K and samples 1/B; rows sum to 1."
     q = torch.exp(scores.double() / eps).T                     # (K, B)
@@ -99,3 +102,26 @@ def reference_sinkhorn(scores, eps=0.05, n_iter=3):
         q = q / q.sum(1, keepdim=True) / k
         q = q / q.sum(0, keepdim=True) / b
     return (q * b).T
+
+# %% ../../nbs/losses/reference.ipynb #c022
+def reference_multipositive(logits, positives, exclude, denominator="own", weighting="row"):
+    "Hydra: for each positive p of anchor i, log(e^{ℓ_ip} + Σ_neg e^{ℓ_in}) − ℓ_ip ('own'), or over all positives and negatives ('all')."
+    L = logits.double(); e = L.exp(); rows = []
+    for i in range(len(L)):
+        P = [j for j in range(L.shape[1]) if positives[i, j]]
+        if not P: continue
+        N = [j for j in range(L.shape[1]) if not positives[i, j] and not exclude[i, j]]
+        terms = []
+        for p in P:
+            den = e[i, p] + sum(e[i, k] for k in N) if denominator == "own" else sum(e[i, k] for k in P + N)
+            terms.append(torch.log(den) - L[i, p])
+        rows.append(torch.stack(terms))
+    if weighting == "row": return torch.stack([r.mean() for r in rows]).mean()
+    return torch.cat(rows).mean()
+
+# %% ../../nbs/losses/reference.ipynb #c023
+def reference_jem(c, s, t=1.0):
+    "SepCLR's k-JEM: mean over i of log of the mean over j of exp(−t‖c_i − c_j‖²) exp(−t‖s_i − s_j‖²)."
+    c, s = c.double(), s.double(); n = len(c)
+    return torch.stack([torch.log(torch.stack([torch.exp(-t * ((c[i] - c[j]) ** 2).sum() - t * ((s[i] - s[j]) ** 2).sum())
+                                               for j in range(n)]).mean()) for i in range(n)]).mean()

@@ -30,7 +30,13 @@ def _pairs(scorer, images, texts):
     return torch.stack([scorer(images[i:i + 1], [t])[0, 0] for i, t in enumerate(texts)])
 
 # %% ../../nbs/methods/aro.ipynb #c012
-def swap_probe(scorer, images: torch.Tensor, scenes: torch.Tensor, world: SceneWorld, kind: str) -> dict:
+def swap_probe(
+    scorer, # `scorer(images, texts)` similarities (and optionally `.pairs`)
+    images:torch.Tensor, # test images (N, 3, H, W)
+    scenes:torch.Tensor, # their scenes (N, 5)
+    world:SceneWorld, # the `SceneWorld`
+    kind:str, # one of `SWAPS`
+)->dict:
     "Two-option probe [true, swapped]: tie-aware accuracy, tie count and per-case margins."
     neg = swap_scenes(scenes, kind)
     s_true = _pairs(scorer, images, world.captions(scenes)).detach().cpu().double()
@@ -40,7 +46,12 @@ def swap_probe(scorer, images: torch.Tensor, scenes: torch.Tensor, world: SceneW
     return res
 
 # %% ../../nbs/methods/aro.ipynb #c013
-def order_texts(captions, world_or_roles, kinds=ORDER_PERTURBATIONS, seed: int = 0) -> list:
+def order_texts(
+    captions, # sentences
+    world_or_roles, # a `SceneWorld`, or a function `sentence -> (words, roles)`
+    kinds=ORDER_PERTURBATIONS, # perturbation kinds
+    seed:int=0, # seed of the permutations
+)->list:
     "For each caption, its perturbations in `kinds` (or `None` where a kind cannot change it)."
     rng = np.random.default_rng(seed); out = []
     for c in captions:
@@ -49,7 +60,13 @@ def order_texts(captions, world_or_roles, kinds=ORDER_PERTURBATIONS, seed: int =
     return out
 
 # %% ../../nbs/methods/aro.ipynb #c014
-def order_probe(scorer, images: torch.Tensor, scenes: torch.Tensor, world: SceneWorld, seed: int = 0) -> dict:
+def order_probe(
+    scorer, # a scorer
+    images:torch.Tensor, # test images
+    scenes:torch.Tensor, # their scenes
+    world:SceneWorld, # the `SceneWorld`
+    seed:int=0, # seed of the perturbations
+)->dict:
     "Five-option probe [true, 4 order perturbations] (COCO-Order analog): tie-aware precision@1."
     caps = world.captions(scenes); perts = order_texts(caps, world, seed=seed)
     if any(p is None for row in perts for p in row): raise ValueError("a template caption could not be perturbed")
@@ -58,14 +75,26 @@ def order_probe(scorer, images: torch.Tensor, scenes: torch.Tensor, world: Scene
     return tie_aware_accuracy(scores, 0)
 
 # %% ../../nbs/methods/aro.ipynb #c015
-def retrieval(scorer, images: torch.Tensor, scenes: torch.Tensor, world: SceneWorld, ks=(1, 5)) -> dict:
+def retrieval(
+    scorer, # a scorer
+    images:torch.Tensor, # test images
+    scenes:torch.Tensor, # their scenes (the captions are the pool)
+    world:SceneWorld, # the `SceneWorld`
+    ks=(1, 5), # the k of each R@k
+)->dict:
     "Image → text retrieval over the test captions; a hit is any caption that describes the same scene (`metrics.recall_at_k`)."
     sim = scorer(images, world.captions(scenes)).detach().cpu().double()
     ids = world.scene_ids(scenes)
     return recall_at_k(sim, ids[:, None] == ids[None, :], ks)
 
 # %% ../../nbs/methods/aro.ipynb #c016
-def run_probes(scorer, images: torch.Tensor, scenes: torch.Tensor, world: SceneWorld, seed: int = 0) -> dict:
+def run_probes(
+    scorer, # a scorer
+    images:torch.Tensor, # test images
+    scenes:torch.Tensor, # their scenes
+    world:SceneWorld, # the `SceneWorld`
+    seed:int=0, # seed of the order perturbations
+)->dict:
     "All probes on one test set: the three swaps, the order probe and retrieval."
     out = {k: swap_probe(scorer, images, scenes, world, k) for k in SWAPS}
     out["order"] = order_probe(scorer, images, scenes, world, seed)
@@ -118,7 +147,10 @@ def negclip_loss(
     return cross_view_nce(image_emb, text_emb, temperature, logit_scale=logit_scale, negatives=neg_text_emb)
 
 # %% ../../nbs/methods/aro.ipynb #c029
-def hard_negative_captions(world: SceneWorld, scenes: torch.Tensor) -> dict:
+def hard_negative_captions(
+    world:SceneWorld, # the `SceneWorld`
+    scenes:torch.Tensor, # scenes (N, 5)
+)->dict:
     "For each swap kind, the hard-negative captions of all scenes; raises if any one is a true description."
     out = {}
     for kind in SWAPS:
@@ -154,7 +186,13 @@ def train_negclip(
     return fit(model, step, BatchSampler(len(images), batch_size, seed=seed + 7919), epochs, opt, callbacks=callbacks, progress=progress)
 
 # %% ../../nbs/methods/aro.ipynb #c033
-def bow_index(encode, sentences, words_roles, kinds=ORDER_PERTURBATIONS, seed: int = 0) -> dict:
+def bow_index(
+    encode, # `texts -> (N, D)` embeddings
+    sentences, # the sentences
+    words_roles, # a `SceneWorld` or `tagged`: sentence → (words, roles)
+    kinds=ORDER_PERTURBATIONS, # perturbation kinds
+    seed:int=0, # seed of the perturbations
+)->dict:
     "Per perturbation kind: mean cos(T, perturbed T) over `sentences` (skipping ones a kind cannot change), plus a baseline."
     if not sentences: raise ValueError("sentences must be a non-empty list")
     perts = order_texts(sentences, words_roles, kinds, seed)
@@ -169,7 +207,10 @@ def bow_index(encode, sentences, words_roles, kinds=ORDER_PERTURBATIONS, seed: i
     return out
 
 # %% ../../nbs/methods/aro.ipynb #c036
-def modality_gap(image_emb: torch.Tensor, text_emb: torch.Tensor) -> float:
+def modality_gap(
+    image_emb:torch.Tensor, # image embeddings (N, D)
+    text_emb:torch.Tensor, # text embeddings (M, D)
+)->float:
     "‖mean normalised image embedding − mean normalised text embedding‖."
     check_tensor(image_emb, "image_emb", ndim=2, floating=True); check_tensor(text_emb, "text_emb", ndim=2, floating=True)
     return float((normalize(image_emb).mean(0) - normalize(text_emb).mean(0)).norm())

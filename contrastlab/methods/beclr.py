@@ -106,6 +106,7 @@ def recluster(self:DyCEMemory):
     self.prototypes, self.assign = _kmeans(self.bank, self.n_clusters, self.seed + self.n_kmeans)
     self.n_kmeans += 1
 
+# %% ../../nbs/methods/beclr.ipynb #c015
 @patch
 def assign_batch(self:DyCEMemory, z:torch.Tensor)->torch.Tensor:
     "Equipartitioned assignment of normalised `z` (B, D) to the partitions (argmax of the transport plan)."
@@ -115,7 +116,7 @@ def assign_batch(self:DyCEMemory, z:torch.Tensor)->torch.Tensor:
         q = equipartition(torch.cdist(z, self.prototypes), 0.1, self.sinkhorn_iters)
     return q.argmax(1)
 
-# %% ../../nbs/methods/beclr.ipynb #c015
+# %% ../../nbs/methods/beclr.ipynb #c018
 @patch
 @torch.no_grad()
 def enqueue(self:DyCEMemory,
@@ -138,7 +139,7 @@ def enqueue(self:DyCEMemory,
         self.recluster()
     return slots
 
-# %% ../../nbs/methods/beclr.ipynb #c016
+# %% ../../nbs/methods/beclr.ipynb #c019
 @patch
 @torch.no_grad()
 def retrieve(self:DyCEMemory,
@@ -156,7 +157,7 @@ def retrieve(self:DyCEMemory,
         idx = torch.where(torch.isinf(val), (z @ self.bank.T).topk(k, dim=1).indices, idx)
     return self.bank[idx]
 
-# %% ../../nbs/methods/beclr.ipynb #c018
+# %% ../../nbs/methods/beclr.ipynb #c021
 @patch
 def exchange(self:DyCEMemory,
              t1:torch.Tensor, # teacher (or detached) embeddings of view 1 (B, D)
@@ -172,7 +173,7 @@ def exchange(self:DyCEMemory,
     if use and self.mode == "official": n1, n2 = self.retrieve(t1), self.retrieve(t2)
     return n1, n2
 
-# %% ../../nbs/methods/beclr.ipynb #c020
+# %% ../../nbs/methods/beclr.ipynb #c023
 @patch
 def nmi(self:DyCEMemory)->float:
     "NMI between the memory's partitions and the hidden labels of its entries (nan before clustering)."
@@ -181,12 +182,13 @@ def nmi(self:DyCEMemory)->float:
     if not self.clustered or int(sel.sum()) < 2: return float("nan")
     return float(normalized_mutual_info_score(self.hidden[sel].cpu().numpy(), self.assign[sel].cpu().numpy()))
 
+# %% ../../nbs/methods/beclr.ipynb #c025
 @patch
 def cluster_sizes(self:DyCEMemory)->torch.Tensor:
     "Entries per partition (n_clusters,)."
     return torch.bincount(self.assign[self.assign >= 0], minlength=self.n_clusters).cpu()
 
-# %% ../../nbs/methods/beclr.ipynb #c024
+# %% ../../nbs/methods/beclr.ipynb #c029
 def uniformity_term(
     z1:torch.Tensor, # projections of view 1 (B, D)
     z2:torch.Tensor, # projections of view 2 (B, D)
@@ -197,13 +199,14 @@ def uniformity_term(
     temperature = check_positive(temperature, "temperature")
     return uniformity_loss(z, 1 / (2 * temperature), partners=two_view_index(len(z1), z.device)) + 1 / temperature
 
+# %% ../../nbs/methods/beclr.ipynb #c031
 def embedding_std(
     z:torch.Tensor, # embeddings (B, D)
 )->float:
     "BECLR's collapse monitor: mean over dimensions of the per-dimension std of the normalised embeddings (≈ 1/√d when healthy, 0 when collapsed)."
     return normalize(z.detach().float()).std(0).mean().item()
 
-# %% ../../nbs/methods/beclr.ipynb #c028
+# %% ../../nbs/methods/beclr.ipynb #c036
 def beclr_loss(
     p1:torch.Tensor, # the student's predictions of view 1 (B, D)
     p2:torch.Tensor, # of view 2
@@ -237,7 +240,7 @@ def beclr_loss(
         l_neg = uniformity_term(torch.cat([z1, n1]), torch.cat([z2, n2]), neg_temperature)
     return dict(loss=l_pos + check_positive(neg_weight, "neg_weight", allow_zero=True) * l_neg, l_pos=l_pos.detach(), l_neg=l_neg.detach())
 
-# %% ../../nbs/methods/beclr.ipynb #c030
+# %% ../../nbs/methods/beclr.ipynb #c038
 def _neighbour_nce(anchor, cands, n_pos_extra, temperature):
     "Cross-view NT-Xent whose anchor i has positives: candidate i, and its `n_pos_extra` neighbour rows B + i·k + j."
     B, k = len(anchor), n_pos_extra
@@ -260,7 +263,7 @@ def dyce_nt_xent(
     k = len(n1) // len(z1)
     return 0.5 * (_neighbour_nce(z1, torch.cat([z2, n2]), k, temperature) + _neighbour_nce(z2, torch.cat([z1, n1]), k, temperature))
 
-# %% ../../nbs/methods/beclr.ipynb #c032
+# %% ../../nbs/methods/beclr.ipynb #c040
 @dataclass
 class BECLRConfig:
     "Training knobs of BECLR pretraining."
@@ -288,9 +291,15 @@ class BECLRConfig:
         check_int(self.dyce_start, "dyce_start", min_value=0); check_int(self.recluster_every, "recluster_every", min_value=0)
         return self
 
-# %% ../../nbs/methods/beclr.ipynb #c033
-def ntxent_step(views, x: torch.Tensor, memory: DyCEMemory | None, labels: torch.Tensor | None, config: BECLRConfig,
-                dyce_start_step: int = 0):
+# %% ../../nbs/methods/beclr.ipynb #c041
+def ntxent_step(
+    views, # `views(x) -> (view1, view2)`
+    x:torch.Tensor, # training images on the model's device
+    memory:DyCEMemory | None, # a `DyCEMemory`, or None
+    labels:torch.Tensor | None, # hidden labels for the memory's diagnostic
+    config:BECLRConfig, # a `BECLRConfig`
+    dyce_start_step:int=0, # step from which batches are enhanced
+):
     "A `step_fn` for `fit`: NT-Xent between two views, with DyCE neighbours once the enhancement has started."
     state = dict(step=0); c = config
     def step(model, idx):
@@ -314,9 +323,17 @@ def _exchange(memory, t1, t2, hidden, enhance, B, device):
     k = n1.shape[1]
     return n1.reshape(B * k, -1).to(device), n2.reshape(B * k, -1).to(device), out
 
-# %% ../../nbs/methods/beclr.ipynb #c034
-def beclr_step(views, x: torch.Tensor, teacher: EMATeacher, memory: DyCEMemory | None, labels: torch.Tensor | None,
-               config: BECLRConfig, total_steps: int = 1, dyce_start_step: int = 0):
+# %% ../../nbs/methods/beclr.ipynb #c042
+def beclr_step(
+    views, # `views(x) -> (view1, view2)`
+    x:torch.Tensor, # training images on the model's device
+    teacher:EMATeacher, # the EMA teacher
+    memory:DyCEMemory | None, # a `DyCEMemory`, or None
+    labels:torch.Tensor | None, # hidden labels for the memory's diagnostic
+    config:BECLRConfig, # a `BECLRConfig`
+    total_steps:int=1, # length of the momentum schedule
+    dyce_start_step:int=0, # step from which batches are enhanced
+):
     "A `step_fn` for `fit`: BECLR's objective with the EMA teacher, DyCE neighbours, and the teacher's update."
     state = dict(step=0); c = config
     def step(model, idx):
@@ -334,7 +351,7 @@ def beclr_step(views, x: torch.Tensor, teacher: EMATeacher, memory: DyCEMemory |
         return out
     return step
 
-# %% ../../nbs/methods/beclr.ipynb #c035
+# %% ../../nbs/methods/beclr.ipynb #c043
 def train_beclr(
     x:torch.Tensor, # unlabelled images (N, 1, H, W)
     config:BECLRConfig|None=None, # the knobs (default: `BECLRConfig()`)
@@ -373,9 +390,17 @@ def train_beclr(
     hist = fit(model, step, sampler, c.epochs, opt, scheduler=sched, callbacks=[memory_cb, *callbacks], progress=progress)
     return model, hist, memory
 
-# %% ../../nbs/methods/beclr.ipynb #c038
-def opta(prototypes: torch.Tensor, queries: torch.Tensor, passes: int = 1, eps: float = 0.05, ratio: float = 1.0,
-         tol: float = 1e-4, max_iter: int = 1000, return_info: bool = False):
+# %% ../../nbs/methods/beclr.ipynb #c046
+def opta(
+    prototypes:torch.Tensor, # support prototypes (E, N, D)
+    queries:torch.Tensor, # the episodes' queries (E, M, D)
+    passes:int=1, # transport passes
+    eps:float=0.05, # entropic regularisation
+    ratio:float=1.0, # weight of the transported prototypes against the originals
+    tol:float=1e-4, # Sinkhorn tolerance
+    max_iter:int=1000, # Sinkhorn iterations at most
+    return_info:bool=False, # also return the iterations per pass
+):
     "Optimal-transport alignment: move prototypes (E, N, D) toward queries (E, M, D); `ratio`·P_OT + (1 − `ratio`)·P0 at the end."
     check_tensor(prototypes, "prototypes", ndim=3, floating=True, finite=True); check_tensor(queries, "queries", ndim=3, floating=True, finite=True)
     if prototypes.shape[0] != queries.shape[0] or prototypes.shape[2] != queries.shape[2]:
@@ -392,7 +417,7 @@ def opta(prototypes: torch.Tensor, queries: torch.Tensor, passes: int = 1, eps: 
     p = ratio * p + (1 - ratio) * prototypes
     return (p, dict(n_iter=torch.stack(iters))) if return_info else p
 
-# %% ../../nbs/methods/beclr.ipynb #c040
+# %% ../../nbs/methods/beclr.ipynb #c048
 def opta_transform(
     passes:int=1, # OpTA passes
     eps:float=0.05, # entropic regularisation of the transport
@@ -404,7 +429,7 @@ def opta_transform(
         return opta(prototypes, queries, passes, eps, ratio if ratio is not None else (1.0 if support.shape[2] == 1 else 0.7))
     return transform
 
-# %% ../../nbs/methods/beclr.ipynb #c045
+# %% ../../nbs/methods/beclr.ipynb #c053
 BECLRLoss = loss_module(beclr_loss, "BECLRLoss")
 
 def _beclr_example(dtype, seed):

@@ -65,7 +65,9 @@ class OpenGate(nn.Module):
         return torch.ones(len(y1), self.dim, device=y1.device)
 
 # %% ../../nbs/methods/hydra.ipynb #c016
-def gate_stats(g: torch.Tensor) -> dict:
+def gate_stats(
+    g:torch.Tensor, # gates in [0, 1] (..., D)
+)->dict:
     "Mean gate, activation Σ_k g_k (mean over rows), mean Bernoulli entropy (nats) and the fraction of gates in (0.1, 0.9)."
     check_tensor(g, "g", floating=True)
     if g.ndim == 0 or g.numel() == 0: raise ValueError(f"g must be a non-empty (…, dim) tensor of gates, got shape {tuple(g.shape)}")
@@ -78,7 +80,9 @@ def gate_stats(g: torch.Tensor) -> dict:
 
 # %% ../../nbs/methods/hydra.ipynb #c018
 @torch.no_grad()
-def pair_gates(gate: nn.Module) -> torch.Tensor:
+def pair_gates(
+    gate:nn.Module, # a `LabelGate` or `OpenGate`
+)->torch.Tensor:
     "Gates of every ordered class pair as a (C, C, dim) CPU tensor, computed in eval mode."
     was = gate.training; gate.eval()
     C = gate.n_classes
@@ -91,7 +95,12 @@ def pair_gates(gate: nn.Module) -> torch.Tensor:
 # %% ../../nbs/methods/hydra.ipynb #c021
 PAIRINGS = ("arbitrary", "identical", "distinct")
 
-def partner_labels(y: torch.Tensor, pairing: str, n_classes: int, g: torch.Generator | None = None) -> torch.Tensor:
+def partner_labels(
+    y:torch.Tensor, # the anchors' classes (B,)
+    pairing:str, # "arbitrary", "identical" or "distinct"
+    n_classes:int, # number of classes C
+    g:torch.Generator | None=None, # source of randomness
+)->torch.Tensor:
     "Partner class y' of each anchor: `arbitrary` (a random permutation of the batch's labels), `identical` (y) or `distinct` ((y + U{1..C-1}) mod C)."
     check_choice(pairing, "pairing", PAIRINGS); check_labels(y, "y", n_classes=n_classes)
     if pairing == "identical": return y.clone()
@@ -99,7 +108,11 @@ def partner_labels(y: torch.Tensor, pairing: str, n_classes: int, g: torch.Gener
     return (y + torch.randint(1, n_classes, (len(y),), generator=g).to(y.device)) % n_classes
 
 # %% ../../nbs/methods/hydra.ipynb #c022
-def hydra_masks(y_anchor: torch.Tensor, y_partner: torch.Tensor, y_cand: torch.Tensor):
+def hydra_masks(
+    y_anchor:torch.Tensor, # anchors' classes (B,)
+    y_partner:torch.Tensor, # their partner classes (B,)
+    y_cand:torch.Tensor, # candidates' classes (B',)
+):
     "Bool masks (anchors × candidates): `positives[i,j] = y_cand[j] == y'_i`; `exclude` = the anchor's own class where it is not a positive."
     for t, nm in ((y_anchor, "y_anchor"), (y_partner, "y_partner"), (y_cand, "y_cand")):
         check_tensor(t, nm, ndim=1, floating=False)
@@ -109,7 +122,13 @@ def hydra_masks(y_anchor: torch.Tensor, y_partner: torch.Tensor, y_cand: torch.T
     return pos, (y_anchor.unsqueeze(1) == y_cand.unsqueeze(0)) & ~pos
 
 # %% ../../nbs/methods/hydra.ipynb #c025
-def gated_logits(z1: torch.Tensor, z2: torch.Tensor, gate: torch.Tensor, scale, form: str = "head") -> torch.Tensor:
+def gated_logits(
+    z1:torch.Tensor, # anchors' projections (B, D)
+    z2:torch.Tensor, # candidates' projections (B', D)
+    gate:torch.Tensor, # the anchors' gates (B, D)
+    scale, # the logit scale 1/τ
+    form:str="head", # "head" (SimLAP v2) or "renorm" (Hydra v1)
+)->torch.Tensor:
     """Anchor-gated logits (B, B'): `form='head'` (SimLAP v2) s·⟨g_i⊙ẑ1_i, g_i⊙ẑ2_j⟩; `form='renorm'` (Hydra v1) s·cos(g_i⊙z1_i, g_i⊙z2_j)."""
     check_choice(form, "form", ["head", "renorm"])
     for t, nm in ((z1, "z1"), (z2, "z2"), (gate, "gate")): check_tensor(t, nm, ndim=2, floating=True)
@@ -128,9 +147,17 @@ def _weigh(per_pair, rows, n_pos, has, weighting):
     return (per_pair / n_pos[rows].to(per_pair.dtype)).sum() / has.sum()
 
 # %% ../../nbs/methods/hydra.ipynb #c031
-def gated_multipos_loss(logits: torch.Tensor, positives: torch.Tensor, exclude: torch.Tensor, *, denominator: str = "own",
-                        weighting: str = "row", missing: str = "raise", collapse: bool = True,
-                        stats: dict | None = None) -> torch.Tensor:
+def gated_multipos_loss(
+    logits:torch.Tensor, # anchors × candidates (B, B')
+    positives:torch.Tensor, # bool mask of positives (B, B')
+    exclude:torch.Tensor, # bool mask of entries neither pulled nor pushed
+    *,
+    denominator:str="own", # "own" (official) or "all" (SupCon form)
+    weighting:str="row", # "row" or "total"
+    missing:str="raise", # anchors without a positive: "raise" or "skip"
+    collapse:bool=True, # use the equivalent two-candidate rows (fast); False: the literal masks
+    stats:dict | None=None, # receives `n_anchors`, `n_missing`, `n_pairs`
+)->torch.Tensor:
     """Hydra's multi-positive cross-entropy over `logits` (anchors × candidates) on `contrastive_loss`.
     `denominator='own'`: each positive against the negatives only (official); `'all'`: SupCon form.
     `weighting='row'`: mean over an anchor's positives, then over anchors; `'total'`: mean over all positive pairs.
@@ -255,7 +282,12 @@ class HydraConfig:
         return self
 
 # %% ../../nbs/methods/hydra.ipynb #c045
-def hydra_step(views, x: torch.Tensor, y: torch.Tensor, config: HydraConfig):
+def hydra_step(
+    views, # `views(x) -> (view1, view2)`
+    x:torch.Tensor, # training signals on the model's device
+    y:torch.Tensor, # their classes
+    config:HydraConfig, # a `HydraConfig`
+):
     "A `step_fn` for `fit`: two views, partner classes, gates and `hydra_loss`; logs gate mean/entropy, scale, empty rows."
     c = config
     g = torch.Generator().manual_seed(int(c.seed) + 7919)
@@ -276,7 +308,12 @@ def hydra_step(views, x: torch.Tensor, y: torch.Tensor, config: HydraConfig):
     return step
 
 # %% ../../nbs/methods/hydra.ipynb #c047
-def supcon_step(views, x: torch.Tensor, y: torch.Tensor, temperature: float = 0.1):
+def supcon_step(
+    views, # `views(x) -> (view1, view2)`
+    x:torch.Tensor, # training signals on the model's device
+    y:torch.Tensor, # their classes
+    temperature:float=0.1, # τ
+):
     "A `step_fn` for the SupCon baseline: both views stacked, same-label rows positive."
     def step(model, idx):
         a, b = views(x[idx]); yb = y[idx]
@@ -328,7 +365,11 @@ register_paper(Paper(
     summary="any two classes may be a positive pair: a class-pair gate selects the subspace they must agree in"))
 
 # %% ../../nbs/methods/hydra.ipynb #c053
-def geometry_callback(x_eval: torch.Tensor, y_eval: torch.Tensor, every: int = 5):
+def geometry_callback(
+    x_eval:torch.Tensor, # a fixed evaluation set
+    y_eval:torch.Tensor, # its classes
+    every:int=5, # log every this many epochs
+):
     "A `fit` callback logging effective ranks (backbone, projector), NC1 and, for learned gates, eval-mode gate statistics."
     def cb(epoch, model, history):
         if (epoch + 1) % every: return None

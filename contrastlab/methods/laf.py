@@ -40,7 +40,12 @@ class SplitClassifier(nn.Module):
     def forward(self, x): return self.head(self.extractor(x))
     def embed(self, x): return self.extractor(x)
 
-def check_protocol(model, x: torch.Tensor | None = None, name: str = "x") -> int:
+# %% ../../nbs/methods/laf.ipynb #c009
+def check_protocol(
+    model, # a classifier with `extractor` and `head`
+    x:torch.Tensor | None=None, # inputs to try it on (two rows are run)
+    name:str="x", # their name in the error message
+)->int:
     "Check that `model` follows the extractor/head protocol (and accepts `x`, if given); return the embedding size."
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module with `extractor` and `head` sub-modules, got {type(model).__name__}")
@@ -64,8 +69,14 @@ def check_protocol(model, x: torch.Tensor | None = None, name: str = "x") -> int
         raise ValueError(f"the extractor must return (B, D) embeddings and the head (B, C) logits; got {tuple(e.shape)} and {tuple(logits.shape)}")
     return e.shape[1]
 
-# %% ../../nbs/methods/laf.ipynb #c011
-def make_classifier(input_shape, n_classes: int = 10, emb_dim: int = 64, width: int = 32, bn: bool = False) -> SplitClassifier:
+# %% ../../nbs/methods/laf.ipynb #c013
+def make_classifier(
+    input_shape, # (L,) for signals or (C, H, W) for images
+    n_classes:int=10, # classes
+    emb_dim:int=64, # embedding width (the extractor's output)
+    width:int=32, # channels / hidden width
+    bn:bool=False, # BatchNorm in the extractor
+)->SplitClassifier:
     "A `SplitClassifier` for 1-D signals `(L,)` (a 1-D CNN) or small images `(1, H, W)` (an MLP); the embedding is linear."
     shape = tuple(input_shape)
     check_int(n_classes, "n_classes", min_value=2); check_int(emb_dim, "emb_dim", min_value=2)
@@ -86,7 +97,7 @@ def make_classifier(input_shape, n_classes: int = 10, emb_dim: int = 64, width: 
         raise ValueError(f"input_shape must be (L,) for signals or (C, H, W) for images, got {shape}")
     return SplitClassifier(extractor, nn.Linear(emb_dim, n_classes))
 
-# %% ../../nbs/methods/laf.ipynb #c014
+# %% ../../nbs/methods/laf.ipynb #c016
 def _check_xy(model, x, y, name="x"):
     check_protocol(model, x, name)
     check_labels(y, "y", n=len(x))
@@ -114,7 +125,7 @@ def train_classifier(
     fit(model, step, StreamBatches(len(x), batch_size, generator(seed)), epochs, opt, progress="none")
     return model.eval()
 
-# %% ../../nbs/methods/laf.ipynb #c015
+# %% ../../nbs/methods/laf.ipynb #c017
 def predict(
     model:nn.Module, # a classifier in the extractor/head protocol
     x:torch.Tensor, # inputs (N, ...)
@@ -124,7 +135,7 @@ def predict(
     "Logits (or extractor embeddings) of `x` in eval mode, as CPU float32."
     return encode(model.extractor if embed else model, x, batch_size)
 
-# %% ../../nbs/methods/laf.ipynb #c019
+# %% ../../nbs/methods/laf.ipynb #c021
 @dataclass
 class UnlearningSplit:
     "Which training rows are forgotten / remain, the training labels the Original sees, and how to match non-members."
@@ -149,10 +160,9 @@ class UnlearningSplit:
                 f"classes {list(self.forget_classes)})")
 
 def _check_labels(y, n_classes):
-    check_tensor(y, "y", ndim=1, floating=False, min_rows=2)
     n_classes = check_int(n_classes, "n_classes", min_value=2)
-    if int(y.min()) < 0 or int(y.max()) >= n_classes:
-        raise ValueError(f"labels must lie in [0, {n_classes}), got range [{int(y.min())}, {int(y.max())}]")
+    check_labels(y, "y", n_classes=n_classes)
+    if len(y) < 2: raise ValueError(f"y must have at least 2 rows, got {len(y)}")
     return n_classes
 
 def _finish(kind, forget, y, y_train, classes, n_classes, seed, bug=False):
@@ -169,26 +179,43 @@ def _noisy_labels(labels, n_classes, g, faithful_bug=False):
     shift = torch.randint(1, n_classes, labels.shape, generator=g)
     return (labels + shift) % n_classes      # uniform over the other classes
 
-# %% ../../nbs/methods/laf.ipynb #c020
-def class_removal_split(y: torch.Tensor, forget_class: int = 0, n_classes: int = 10) -> UnlearningSplit:
+# %% ../../nbs/methods/laf.ipynb #c022
+def class_removal_split(
+    y:torch.Tensor, # training labels (N,)
+    forget_class:int=0, # the class to forget
+    n_classes:int=10, # number of classes
+)->UnlearningSplit:
     "Forget every training row of class `forget_class`."
     n_classes = _check_labels(y, n_classes)
     c = check_int(forget_class, "forget_class", 0, n_classes - 1)
     return _finish("class", torch.nonzero(y == c).squeeze(1), y, y.clone(), (c,), n_classes, 0)
 
-def random_removal_split(y: torch.Tensor, classes=(5, 6, 7, 8, 9), fraction: float = 0.4, seed: int = 0,
-                         n_classes: int = 10) -> UnlearningSplit:
+# %% ../../nbs/methods/laf.ipynb #c024
+def random_removal_split(
+    y:torch.Tensor, # training labels (N,)
+    classes=(5, 6, 7, 8, 9), # classes whose rows may be forgotten
+    fraction:float=0.4, # share of each class forgotten
+    seed:int=0, # seed of the draw
+    n_classes:int=10, # number of classes
+)->UnlearningSplit:
     "Forget a random `fraction` of the rows of each class in `classes` (official: 40% of classes 5–9)."
     n_classes = _check_labels(y, n_classes)
-    if not 0 < fraction <= 1: raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    fraction = check_fraction(fraction, "fraction")
     g, parts = generator(seed), []
     for c in classes:
         rows = torch.nonzero(y == check_int(c, "class", 0, n_classes - 1)).squeeze(1)
         parts.append(rows[torch.randperm(len(rows), generator=g)[: int(round(fraction * len(rows)))]])
     return _finish("random", torch.cat(parts), y, y.clone(), tuple(classes), n_classes, seed)
 
-def noisy_label_split(y: torch.Tensor, classes=(0, 1, 2, 3, 4), fraction: float = 0.6, seed: int = 0,
-                      n_classes: int = 10, faithful_bug: bool = False) -> UnlearningSplit:
+# %% ../../nbs/methods/laf.ipynb #c026
+def noisy_label_split(
+    y:torch.Tensor, # true training labels (N,)
+    classes=(0, 1, 2, 3, 4), # classes whose rows get noisy labels
+    fraction:float=0.6, # share of each class relabelled
+    seed:int=0, # seed of the draw
+    n_classes:int=10, # number of classes
+    faithful_bug:bool=False, # reproduce the official code's noise (uniform over 0–8, may keep the label)
+)->UnlearningSplit:
     "Relabel a random `fraction` of each class in `classes` to a wrong label; the relabelled rows are the forget set."
     split = random_removal_split(y, classes, fraction, seed, n_classes)
     y_train = y.clone()
@@ -196,7 +223,7 @@ def noisy_label_split(y: torch.Tensor, classes=(0, 1, 2, 3, 4), fraction: float 
     split.kind, split.y_train, split.faithful_bug = "noisy", y_train, faithful_bug
     return split
 
-# %% ../../nbs/methods/laf.ipynb #c025
+# %% ../../nbs/methods/laf.ipynb #c031
 class RepVAE(nn.Module):
     "A small VAE on embeddings: D → hidden → (μ, log σ²) → hidden → D, decoder output linear or sigmoid."
     def __init__(self, dim: int, hidden=(32, 16), latent: int = 4, decoder: str = "linear"):
@@ -222,12 +249,18 @@ class RepVAE(nn.Module):
         "Per-row squared reconstruction error ℓ = ‖φ(e) − e‖², summed over dimensions."
         return (self(e, sample)[0] - e).pow(2).sum(1)
 
-def vae_loss(vae: RepVAE, e: torch.Tensor, kl_weight: float = 0.025) -> torch.Tensor:
+# %% ../../nbs/methods/laf.ipynb #c033
+def vae_loss(
+    vae:RepVAE, # a `RepVAE`
+    e:torch.Tensor, # embeddings (B, D)
+    kl_weight:float=0.025, # weight of the KL term
+)->torch.Tensor:
     "Batch mean of the summed squared error plus `kl_weight` × KL(q(z|e) ‖ N(0, I))."
     rec, mu, logvar = vae(e)
     kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
     return (rec - e).pow(2).sum(1).mean() + kl_weight * kl.mean()
 
+# %% ../../nbs/methods/laf.ipynb #c035
 def fit_vae(
     e:torch.Tensor, # fixed embeddings (N, D)
     epochs:int=15, # passes
@@ -247,7 +280,7 @@ def fit_vae(
         check_int(epochs, "epochs", min_value=1), opt, progress="none")
     return vae.eval().requires_grad_(False)
 
-# %% ../../nbs/methods/laf.ipynb #c029
+# %% ../../nbs/methods/laf.ipynb #c039
 @dataclass
 class LAFConfig:
     "Knobs of LAF. Defaults: the calibrated, scaled choices; see `official_lrs` and the options for the official ones."
@@ -278,11 +311,14 @@ class LAFConfig:
         if not (self.use_ue or self.use_ra): raise ValueError("at least one of use_ue / use_ra must be True")
         return self
 
-def official_lrs(config: LAFConfig | None = None) -> LAFConfig:
+# %% ../../nbs/methods/laf.ipynb #c041
+def official_lrs(
+    config:LAFConfig | None=None, # a `LAFConfig` (default: `LAFConfig()`)
+)->LAFConfig:
     "A copy of `config` with the official CNN learning rates (lr_ue 5e-5, lr_ra 1e-4)."
     c = copy.deepcopy(config or LAFConfig()); c.lr_ue, c.lr_ra = 5e-5, 1e-4; return c
 
-# %% ../../nbs/methods/laf.ipynb #c031
+# %% ../../nbs/methods/laf.ipynb #c043
 def ue_loss(
     e_remain:torch.Tensor, # current embeddings of remaining rows (B, D)
     e_forget:torch.Tensor, # current embeddings of forget rows (B', D)
@@ -300,7 +336,7 @@ def ue_loss(
     T = (lambda l: torch.exp(l / (l + 1))) if transform == "saturating" else (lambda l: l)
     return T(vae_remain.recon_error(e_remain.to(dt), sample)).sum() - T(vae_forget.recon_error(e_forget.to(dt), sample)).sum()
 
-# %% ../../nbs/methods/laf.ipynb #c032
+# %% ../../nbs/methods/laf.ipynb #c044
 def ra_loss(
     e_remain:torch.Tensor, # current embeddings of remaining rows (B, D)
     e_forget:torch.Tensor, # current embeddings of forget rows (B', D)
@@ -316,8 +352,13 @@ def ra_loss(
     d_f = 1 - F.cosine_similarity(e_forget, t_forget, dim=1)
     return (d_r - torch.logsumexp(d_f / temperature, 0)).sum()
 
-# %% ../../nbs/methods/laf.ipynb #c033
-def fit_representation_vaes(model: nn.Module, x_forget: torch.Tensor, x_remain: torch.Tensor, config: LAFConfig | None = None):
+# %% ../../nbs/methods/laf.ipynb #c045
+def fit_representation_vaes(
+    model:nn.Module, # the trained classifier
+    x_forget:torch.Tensor, # forget inputs (no labels)
+    x_remain:torch.Tensor, # remaining inputs (no labels)
+    config:LAFConfig | None=None, # a `LAFConfig`
+):
     "Stage 1: fit φ_r (on remain, or all data) and φ_f (on forget) to the frozen extractor's embeddings."
     cfg = (config or LAFConfig()).validate()
     dev = next(model.parameters()).device
@@ -327,6 +368,7 @@ def fit_representation_vaes(model: nn.Module, x_forget: torch.Tensor, x_remain: 
               kl_weight=cfg.kl_weight)
     return fit_vae(e_r, seed=cfg.seed, **kw), fit_vae(e_f, seed=cfg.seed + 1, **kw)
 
+# %% ../../nbs/methods/laf.ipynb #c047
 def _check_unlearning_inputs(model, x_forget, x_remain):
     check_protocol(model)
     for name, x in (("x_forget", x_forget), ("x_remain", x_remain)):
@@ -340,8 +382,14 @@ def _check_unlearning_inputs(model, x_forget, x_remain):
         raise ValueError(f"x_forget and x_remain must have the same per-row shape, got {tuple(x_forget.shape[1:])} and {tuple(x_remain.shape[1:])}")
     check_protocol(model, x_forget, "x_forget")
 
-def laf_unlearn(model: nn.Module, x_forget: torch.Tensor, x_remain: torch.Tensor, config: LAFConfig | None = None,
-                vaes=None, **overrides):
+def laf_unlearn(
+    model:nn.Module, # the trained classifier (left untouched)
+    x_forget:torch.Tensor, # forget inputs, unlabelled
+    x_remain:torch.Tensor, # remaining inputs, unlabelled
+    config:LAFConfig | None=None, # a `LAFConfig`
+    vaes=None, # (φ_r, φ_f) from `fit_representation_vaes`, to reuse
+    **overrides, # fields of `LAFConfig` to change
+):
     """LAF without labels: return `(unlearned_model, history)`; `model` is left untouched.
 
     `x_forget`, `x_remain`: unlabelled inputs. `config` (or keyword `overrides` of `LAFConfig`) sets the knobs;
@@ -377,9 +425,16 @@ def laf_unlearn(model: nn.Module, x_forget: torch.Tensor, x_remain: torch.Tensor
     out.eval().requires_grad_(True)
     return out, hist
 
-# %% ../../nbs/methods/laf.ipynb #c037
-def laf_repair(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 10, lr: float = 1e-3,
-               batch_size: int = 32, seed: int = 0) -> nn.Module:
+# %% ../../nbs/methods/laf.ipynb #c051
+def laf_repair(
+    model:nn.Module, # an unlearned classifier
+    x:torch.Tensor, # labelled remaining inputs
+    y:torch.Tensor, # their labels
+    epochs:int=10, # passes
+    lr:float=1e-3, # Adam's learning rate
+    batch_size:int=32, # rows per batch
+    seed:int=0, # seed of the batches
+)->nn.Module:
     "LAF+R: a copy of `model` whose head is fine-tuned on labelled remaining rows `(x, y)` (extractor frozen)."
     if isinstance(x, torch.Tensor) and len(x) == 0: raise ValueError("LAF+R needs at least one labelled remaining row, got none")
     out = copy.deepcopy(model)
@@ -388,34 +443,72 @@ def laf_repair(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int =
     train_classifier(out, x, y, epochs, lr, batch_size, seed, params=out.head.parameters())
     return out.requires_grad_(True)
 
-def label_subset(n: int, fraction: float = 0.1, seed: int = 0) -> torch.Tensor:
+# %% ../../nbs/methods/laf.ipynb #c053
+def label_subset(
+    n:int, # rows to choose from
+    fraction:float=0.1, # share chosen
+    seed:int=0, # seed of the choice
+)->torch.Tensor:
     "A seeded random `fraction` of `range(n)` (at least one index): which remaining rows LAF+R may see labelled."
     n = check_int(n, "n", min_value=1); fraction = check_fraction(fraction, "fraction")
     return torch.randperm(n, generator=generator(seed))[: max(1, int(round(fraction * n)))].sort().values
 
-# %% ../../nbs/methods/laf.ipynb #c040
-def retrain(make_model, x: torch.Tensor, y: torch.Tensor, split: UnlearningSplit, seed: int = 0, **train_kw) -> nn.Module:
+# %% ../../nbs/methods/laf.ipynb #c056
+def retrain(
+    make_model, # `() -> classifier`
+    x:torch.Tensor, # training inputs
+    y:torch.Tensor, # training labels
+    split:UnlearningSplit, # the `UnlearningSplit`
+    seed:int=0, # seed of the initialisation and the batches
+    **train_kw, # arguments of `train_classifier`
+)->nn.Module:
     "The gold standard: a fresh `make_model()` trained on the remaining rows only."
     torch.manual_seed(seed)
     return train_classifier(make_model(), x[split.remain], y[split.remain], seed=seed, **train_kw)
 
-def finetune_baseline(model, x_remain, y_remain, epochs: int = 10, lr: float = 1e-3, seed: int = 0) -> nn.Module:
+# %% ../../nbs/methods/laf.ipynb #c058
+def finetune_baseline(
+    model, # the Original
+    x_remain, # remaining inputs
+    y_remain, # their labels
+    epochs:int=10, # passes
+    lr:float=1e-3, # Adam's learning rate
+    seed:int=0, # seed of the batches
+)->nn.Module:
     "Fine-tune a copy of `model` on the labelled remaining rows."
     return train_classifier(copy.deepcopy(model), x_remain, y_remain, epochs, lr, 64, seed)
 
-def neggrad_baseline(model, x_forget, y_forget, epochs: int = 5, lr: float = 1e-4, seed: int = 0) -> nn.Module:
+# %% ../../nbs/methods/laf.ipynb #c060
+def neggrad_baseline(
+    model, # the Original
+    x_forget, # forget inputs
+    y_forget, # their labels
+    epochs:int=5, # passes of gradient ascent
+    lr:float=1e-4, # Adam's learning rate
+    seed:int=0, # seed of the batches
+)->nn.Module:
     "Gradient ascent on the cross-entropy of the labelled forget rows (a copy of `model`)."
     if len(x_forget) == 0: raise ValueError("x_forget is empty: there is nothing to unlearn")
     return train_classifier(copy.deepcopy(model), x_forget, y_forget, epochs, lr, 32, seed, ascent=True)
 
-def relabel_baseline(model, x_forget, y_forget, x_remain, y_remain, n_classes: int = 10, epochs: int = 3,
-                     lr: float = 1e-3, seed: int = 0) -> nn.Module:
+# %% ../../nbs/methods/laf.ipynb #c062
+def relabel_baseline(
+    model, # the Original
+    x_forget, # forget inputs
+    y_forget, # their labels
+    x_remain, # remaining inputs
+    y_remain, # their labels
+    n_classes:int=10, # number of classes
+    epochs:int=3, # passes
+    lr:float=1e-3, # Adam's learning rate
+    seed:int=0, # seed of the wrong labels and the batches
+)->nn.Module:
     "Fine-tune a copy of `model` on the forget rows with random wrong labels plus the remaining rows with theirs."
     if len(x_forget) == 0: raise ValueError("x_forget is empty: there is nothing to unlearn")
     wrong = (y_forget + torch.randint(1, n_classes, y_forget.shape, generator=generator(seed))) % n_classes
     return train_classifier(copy.deepcopy(model), torch.cat([x_forget, x_remain]), torch.cat([wrong, y_remain]), epochs, lr, 64, seed)
 
-# %% ../../nbs/methods/laf.ipynb #c044
+# %% ../../nbs/methods/laf.ipynb #c066
 @dataclass
 class UnlearningTask:
     "Training and test data, the split, and the fixed random halves of the test set used by the attacks."
@@ -453,7 +546,7 @@ class UnlearningTask:
     @property
     def y_remain(self): return self.split.y_train[self.split.remain]
 
-# %% ../../nbs/methods/laf.ipynb #c045
+# %% ../../nbs/methods/laf.ipynb #c067
 def _acc(logits, y): return float((logits.argmax(1) == y).float().mean() * 100) if len(y) else float("nan")
 
 def _auc(pos_scores, neg_scores) -> float:
@@ -461,8 +554,15 @@ def _auc(pos_scores, neg_scores) -> float:
     return auroc(np.concatenate([np.asarray(pos_scores, float), np.asarray(neg_scores, float)]),
                  np.r_[np.ones(len(pos_scores)), np.zeros(len(neg_scores))])
 
-# %% ../../nbs/methods/laf.ipynb #c046
-def shadow_models(make_model, task: UnlearningTask, k: int = 4, fraction: float = 0.5, seed: int = 0, **train_kw) -> list:
+# %% ../../nbs/methods/laf.ipynb #c068
+def shadow_models(
+    make_model, # `() -> classifier`
+    task:UnlearningTask, # the `UnlearningTask`
+    k:int=4, # number of shadow models
+    fraction:float=0.5, # share of the eligible remaining rows each one trains on
+    seed:int=0, # seed of the subsets
+    **train_kw, # arguments of `train_classifier`
+)->list:
     "`k` shadow models of the Original's recipe, each on a random `fraction` of the remaining rows outside the held-out members."
     check_int(k, "k", min_value=1)
     keep = torch.ones(len(task.split.remain), dtype=torch.bool); keep[task.members_heldout] = False
@@ -478,8 +578,12 @@ def _lira(model, shadows, x, y):
     "LiRA scores of `model` on `(x, y)` against `shadows` (`metrics.lira_scores` on their logits)."
     return lira_scores(predict(model, x), [predict(m, x) for m in shadows], y)
 
-# %% ../../nbs/methods/laf.ipynb #c048
-def evaluate_unlearning(model: nn.Module, task: UnlearningTask, shadows: list | None = None) -> dict:
+# %% ../../nbs/methods/laf.ipynb #c070
+def evaluate_unlearning(
+    model:nn.Module, # any classifier in the protocol
+    task:UnlearningTask, # the `UnlearningTask`
+    shadows:list | None=None, # shadow models, for LiRA
+)->dict:
     "Accuracies, the official MIA with its attacker's own accuracy, loss and (with `shadows`) LiRA attacks, residual probe."
     check_protocol(model, task.x[:2], "task.x")
     sp = task.split
@@ -509,8 +613,14 @@ def evaluate_unlearning(model: nn.Module, task: UnlearningTask, shadows: list | 
         r["residual_auc"] = probe_auroc(e[a], in_f[a], e[b], in_f[b])
     return r
 
-# %% ../../nbs/methods/laf.ipynb #c051
-def geometry_report(model: nn.Module, original: nn.Module, retrained: nn.Module, task: UnlearningTask, max_rows: int = 1000) -> dict:
+# %% ../../nbs/methods/laf.ipynb #c073
+def geometry_report(
+    model:nn.Module, # the model to describe
+    original:nn.Module, # the Original
+    retrained:nn.Module, # Retrain
+    task:UnlearningTask, # the `UnlearningTask`
+    max_rows:int=1000, # rows per set at most
+)->dict:
     "Cosine to the Original's embeddings, linear CKA to Retrain and uniformity, on D_r and D_f (up to `max_rows` rows each)."
     out = {}
     g = generator(task.seed + 5)
@@ -523,7 +633,7 @@ def geometry_report(model: nn.Module, original: nn.Module, retrained: nn.Module,
         out[f"uniformity_{name}"] = uniformity(e)
     return out
 
-# %% ../../nbs/methods/laf.ipynb #c054
+# %% ../../nbs/methods/laf.ipynb #c076
 UELoss = loss_module(ue_loss, "UELoss")
 RALoss = loss_module(ra_loss, "RALoss")
 

@@ -80,9 +80,18 @@ def _draw_split(xd, yd, n: int, placement: str, corner: int, glyphs, canvas: int
         x[i, 0, r:r + gs, c:c + gs] = (x[i, 0, r:r + gs, c:c + gs] + glyphs[glyph[i]]).clamp(max=1.0)
     return dict(x=x, group=group, digit=yd[idx], glyph=glyph, position=where)
 
-def make_contrastive_digits(n_train: int = 3000, n_test: int = 600, placement: str = "fixed", corner: int = 1,
-                            glyph_size: int = 8, canvas: int = 28, digit_size: int = 20, jitter: int = 2, inset: int = 2,
-                            seed: int = 0) -> dict:
+def make_contrastive_digits(
+    n_train:int=3000, # training images per group
+    n_test:int=600, # test images per group
+    placement:str="fixed", # "fixed" corner or "random" corner for the glyph
+    corner:int=1, # the fixed corner (0–3)
+    glyph_size:int=8, # glyph side in pixels
+    canvas:int=28, # image side
+    digit_size:int=20, # side of the upsampled digit
+    jitter:int=2, # digit position jitter in pixels
+    inset:int=2, # glyph distance from the border
+    seed:int=0, # seed of the split and the drawing
+)->dict:
     """Background = jittered digits on a canvas; target = the same recipe plus a glyph (fixed `corner` or a random one).
 
     `n_train`/`n_test` images *per group*. Returns `x` (2n, 1, canvas, canvas) in [0, 1], `group` (0 background, 1 target),
@@ -103,15 +112,26 @@ def make_contrastive_digits(n_train: int = 3000, n_test: int = 600, placement: s
 PATTERNS = ("bump", "sine", "square", "ramp")
 POSITIONS_1D = (6, 15, 24, 33)
 
-def salient_patterns(width: int = 9, amplitude: float = 2.0) -> torch.Tensor:
+def salient_patterns(
+    width:int=9, # samples per pattern
+    amplitude:float=2.0, # peak height
+)->torch.Tensor:
     "The four 1-D salient patterns (bump, sine burst, square pulse, ramp) as a (4, width) tensor."
     width = check_int(width, "width", min_value=3); amplitude = check_positive(amplitude, "amplitude")
     t = torch.linspace(-1, 1, width)
     pats = torch.stack([torch.exp(-t.pow(2) / 0.18), torch.sin(2 * math.pi * t), torch.sign(t) + (t == 0).float(), t])
     return amplitude * pats
 
-def make_contrastive_1d(n_train: int = 2000, n_test: int = 500, placement: str = "fixed", position: int = 2,
-                        width: int = 9, amplitude: float = 2.0, seed: int = 0) -> dict:
+# %% ../../nbs/methods/sepclr.ipynb #c015
+def make_contrastive_1d(
+    n_train:int=2000, # training signals per group
+    n_test:int=500, # test signals per group
+    placement:str="fixed", # "fixed" or "random" position
+    position:int=2, # index of the fixed position in `POSITIONS_1D`
+    width:int=9, # pattern width
+    amplitude:float=2.0, # pattern height
+    seed:int=0, # seed of the data
+)->dict:
     """mnist1d background signals; targets = other mnist1d signals plus a salient pattern. Same keys as
     `make_contrastive_digits`, with `x` of shape (2n, 40) and `position` one of `POSITIONS_1D`'s indices."""
     n_train, n_test = check_int(n_train, "n_train", min_value=1), check_int(n_test, "n_test", min_value=1)
@@ -134,7 +154,7 @@ def make_contrastive_1d(n_train: int = 2000, n_test: int = 500, placement: str =
     return dict(**tr, **{k + "_test": v for k, v in te.items()}, glyph_names=PATTERNS,
                 position_names=tuple(f"t={p}" for p in POSITIONS_1D), placement=placement, kind="mnist1d")
 
-# %% ../../nbs/methods/sepclr.ipynb #c017
+# %% ../../nbs/methods/sepclr.ipynb #c019
 def jem_loss(
     c:torch.Tensor, # common embeddings (N, Dc)
     s:torch.Tensor, # salient embeddings of the same rows (N, Ds)
@@ -149,10 +169,12 @@ def jem_loss(
     k = -t * (sq_dists(c) + sq_dists(s))
     return (torch.logsumexp(k, 1) - math.log(len(c))).mean()
 
-# %% ../../nbs/methods/sepclr.ipynb #c022
+# %% ../../nbs/methods/sepclr.ipynb #c024
 OFFICIAL_WEIGHTS = dict(beta_s=1000.0, beta_0=1000.0, lam=10.0)
 
-def check_groups(group: torch.Tensor) -> torch.Tensor:
+def check_groups(
+    group:torch.Tensor, # 0 background, 1 target (N,)
+)->torch.Tensor:
     "Validate background/target labels (0/1) for one batch; raise if a batch has no background or no target rows."
     check_tensor(group, "group", ndim=1, floating=False)
     if bool(((group != 0) & (group != 1)).any()):
@@ -163,7 +185,7 @@ def check_groups(group: torch.Tensor) -> torch.Tensor:
     if n_bg == len(group): raise ValueError(f"the batch has no target rows (all {len(group)} are background)")
     return group == 1
 
-# %% ../../nbs/methods/sepclr.ipynb #c024
+# %% ../../nbs/methods/sepclr.ipynb #c026
 def sepclr_loss(
     c1:torch.Tensor, # common projections of view 1 (N, Dc)
     c2:torch.Tensor, # common projections of view 2 (N, Dc)
@@ -195,7 +217,7 @@ def sepclr_loss(
     return dict(loss=loss, L_C=L_C.detach(), L_S=L_S.detach(), L_0=L_0.detach(), L_J=L_J.detach(),
                 s_norm_bg=nb, s_norm_target=nt)
 
-# %% ../../nbs/methods/sepclr.ipynb #c027
+# %% ../../nbs/methods/sepclr.ipynb #c029
 def default_encoder(
     x:torch.Tensor, # data shaped like the training set: (N, L) signals or (N, 1, H, W) images
     out_dim:int=32, # representation width
@@ -206,7 +228,7 @@ def default_encoder(
     if x.ndim == 2: return Conv1dEncoder(length=x.shape[1], width=width, out_dim=out_dim)
     return SmallCNN(in_channels=x.shape[1], width=width, blocks=3, out_dim=out_dim, image_size=x.shape[-1], pool="avg")
 
-# %% ../../nbs/methods/sepclr.ipynb #c029
+# %% ../../nbs/methods/sepclr.ipynb #c031
 class SepCLR(nn.Module):
     "Common and salient encoders with projectors; `forward(x)` returns `(r_c, c, r_s, s)`."
     def __init__(self,
@@ -228,7 +250,7 @@ class SepCLR(nn.Module):
     def heads(self, x):
         _, c, _, s = self(x); return torch.cat([c, s], 1)
 
-# %% ../../nbs/methods/sepclr.ipynb #c032
+# %% ../../nbs/methods/sepclr.ipynb #c034
 @dataclass
 class SepCLRConfig:
     "Training knobs of SepCLR (defaults: the official visual-data weights)."
@@ -252,7 +274,7 @@ class SepCLRConfig:
         for k in ("c_dim", "s_dim", "rep_dim", "width"): check_int(getattr(self, k), k, min_value=1)
         return self
 
-# %% ../../nbs/methods/sepclr.ipynb #c033
+# %% ../../nbs/methods/sepclr.ipynb #c035
 def sepclr_step(
     views, # `views(x) -> (view1, view2)`
     x:torch.Tensor, # the training set, on the model's device
@@ -267,7 +289,7 @@ def sepclr_step(
         return sepclr_loss(c1, c2, s1, s2, group[idx], c.beta_s, c.beta_0, c.lam, c.t)
     return step
 
-# %% ../../nbs/methods/sepclr.ipynb #c034
+# %% ../../nbs/methods/sepclr.ipynb #c036
 def default_augment(
     x:torch.Tensor, # data shaped like the training set
 ):
@@ -275,7 +297,7 @@ def default_augment(
     if x.ndim == 2: return Augment1D(max_shift=3, crop=(0.85, 1.0), gain=(0.8, 1.2), noise=0.1)
     return Augment2D(max_rotate=10.0, max_translate=2 / x.shape[-1], scale=(0.9, 1.0), noise=0.05)
 
-# %% ../../nbs/methods/sepclr.ipynb #c035
+# %% ../../nbs/methods/sepclr.ipynb #c037
 def train_sepclr(
     x:torch.Tensor, # background ∪ target inputs: (N, L) or (N, 1, H, W)
     group:torch.Tensor, # 0 background, 1 target (N,)
@@ -300,7 +322,7 @@ def train_sepclr(
                callbacks=callbacks, progress=progress)
     return model, hist
 
-# %% ../../nbs/methods/sepclr.ipynb #c038
+# %% ../../nbs/methods/sepclr.ipynb #c040
 @dataclass
 class BaselineConfig:
     "Training knobs of the SimCLR baseline of this notebook."
@@ -317,6 +339,7 @@ class BaselineConfig:
         check_positive(self.temperature, "temperature"); check_positive(self.lr, "lr")
         return self
 
+# %% ../../nbs/methods/sepclr.ipynb #c042
 def train_simclr_baseline(
     x:torch.Tensor, # background ∪ target inputs
     config:BaselineConfig|None=None, # the knobs (default: `BaselineConfig()`)
@@ -335,8 +358,12 @@ def train_simclr_baseline(
     hist = fit(model, step, BatchSampler(len(x), c.batch_size, seed=c.seed), c.epochs, opt, progress=progress)
     return model, hist
 
-# %% ../../nbs/methods/sepclr.ipynb #c041
-def cross_probes(spaces: dict, data: dict, knn: bool = True) -> dict:
+# %% ../../nbs/methods/sepclr.ipynb #c045
+def cross_probes(
+    spaces:dict, # {name: (train features, test features)} over all rows
+    data:dict, # a data set of `make_contrastive_*`
+    knn:bool=True, # also read each cell with kNN
+)->dict:
     """Probe each representation in `spaces` ({name: (train features, test features)} over *all* rows of the train and
     test split) for every factor on target rows: returns {f'{space}→{factor}': accuracy} (and `knn:` entries)."""
     tr, te = data["group"] == 1, data["group_test"] == 1
@@ -349,9 +376,14 @@ def cross_probes(spaces: dict, data: dict, knn: bool = True) -> dict:
             if knn: out[f"knn:{name}→{f}"] = knn_accuracy(ftr[tr], ytr, fte[te], yte, k=20)
     return out
 
-# %% ../../nbs/methods/sepclr.ipynb #c043
+# %% ../../nbs/methods/sepclr.ipynb #c047
 @torch.no_grad()
-def evaluate_sepclr(model: SepCLR, data: dict, knn: bool = True, batch_size: int = 1024) -> dict:
+def evaluate_sepclr(
+    model:SepCLR, # a trained `SepCLR`
+    data:dict, # a data set of `make_contrastive_*`
+    knn:bool=True, # also read the cross-probes with kNN
+    batch_size:int=1024, # rows per forward pass
+)->dict:
     "All SepCLR read-outs on the test split: cross-probes, background/target from c and from ‖s‖, ‖s‖ means, CKA(r_c, r_s)."
     x, xt = data["x"], data["x_test"]
     rc_tr, rc_te = encode(model.common, x, batch_size), encode(model.common, xt, batch_size)
@@ -368,9 +400,14 @@ def evaluate_sepclr(model: SepCLR, data: dict, knn: bool = True, batch_size: int
     out["cka_c_s"] = linear_cka(rc_te[tg], rs_te[tg]) if rs_te[tg].std(0).sum() > 0 else 0.0
     return out
 
-# %% ../../nbs/methods/sepclr.ipynb #c046
-def probe_heatmap(results: dict, spaces=("common", "salient"), factors=("digit", "glyph"), prefix: str = "",
-                  title: str = "cross-probe accuracy (target test images)"):
+# %% ../../nbs/methods/sepclr.ipynb #c050
+def probe_heatmap(
+    results:dict, # the dict of `evaluate_sepclr` or `cross_probes`
+    spaces=("common", "salient"), # rows of the heatmap
+    factors=("digit", "glyph"), # columns
+    prefix:str="", # key prefix ("knn:" for the kNN cells)
+    title:str="cross-probe accuracy (target test images)", # figure title
+):
     "A plotly heatmap of `results[f'{prefix}{space}→{factor}']`, spaces × factors, annotated with the values."
     import plotly.graph_objects as go
     z = [[results[f"{prefix}{s}→{f}"] for f in factors] for s in spaces]
@@ -380,7 +417,7 @@ def probe_heatmap(results: dict, spaces=("common", "salient"), factors=("digit",
                       margin=dict(l=60, r=20, t=50, b=40))
     return fig
 
-# %% ../../nbs/methods/sepclr.ipynb #c049
+# %% ../../nbs/methods/sepclr.ipynb #c053
 SepCLRLoss = loss_module(sepclr_loss, "SepCLRLoss")
 JEMLoss = loss_module(jem_loss, "JEMLoss")
 

@@ -22,6 +22,7 @@ def standardize(
     "Standardise each feature vector by its own mean and std over dimensions."
     return (f - f.mean(-1, keepdim=True)) / f.std(-1, keepdim=True).clamp_min(1e-8)
 
+# %% ../../nbs/metrics/fewshot.ipynb #c007
 def episode_features(
     features:torch.Tensor, # features of the whole split (N, D)
     episodes:dict, # from `EpisodeSampler.sample`
@@ -33,7 +34,7 @@ def episode_features(
     E, N, Q, D = qry.shape
     return sup, qry.reshape(E, N * Q, D), torch.arange(N).repeat_interleave(Q).expand(E, -1)
 
-# %% ../../nbs/metrics/fewshot.ipynb #c006
+# %% ../../nbs/metrics/fewshot.ipynb #c009
 def nearest_prototype(
     prototypes:torch.Tensor, # (E, N, D)
     queries:torch.Tensor, # (E, M, D)
@@ -41,6 +42,7 @@ def nearest_prototype(
     "Predicted class (E, M): the most cosine-similar prototype."
     return (normalize(queries) @ normalize(prototypes).transpose(1, 2)).argmax(2)
 
+# %% ../../nbs/metrics/fewshot.ipynb #c011
 def logistic_on_prototypes(
     prototypes:torch.Tensor, # (E, N, D): one training point per class
     queries:torch.Tensor, # (E, M, D)
@@ -59,7 +61,7 @@ def logistic_on_prototypes(
     opt.step(closure)
     return (queries.double() @ W.detach() + b.detach()).argmax(2)
 
-# %% ../../nbs/metrics/fewshot.ipynb #c008
+# %% ../../nbs/metrics/fewshot.ipynb #c014
 def fewshot_accuracy(
     features:torch.Tensor, # frozen features of the split (N, D)
     episodes:dict, # from `EpisodeSampler.sample`
@@ -74,7 +76,7 @@ def fewshot_accuracy(
     pred = nearest_prototype(p, qry) if classifier == "np" else logistic_on_prototypes(p, qry)
     return (pred == yq).float().mean(1)
 
-# %% ../../nbs/metrics/fewshot.ipynb #c009
+# %% ../../nbs/metrics/fewshot.ipynb #c015
 def mean_ci(
     acc, # per-episode accuracies (or paired differences) (E,), in [0, 1]
 )->tuple[float, float]:

@@ -28,6 +28,7 @@ def as_embeddings(
     check_tensor(z, name, ndim=2, floating=True, finite=True, min_rows=min_rows)
     return z.detach().to("cpu", torch.float64)
 
+# %% ../../nbs/metrics/geometry.ipynb #c007
 def as_labels(
     y, # a tensor, array or list (N,)
     n:int, # the number of rows it must describe
@@ -38,7 +39,7 @@ def as_labels(
     if y.ndim != 1 or len(y) != n: raise ValueError(f"{name} must be 1-D of length {n}, got shape {y.shape}")
     return y
 
-# %% ../../nbs/metrics/geometry.ipynb #c007
+# %% ../../nbs/metrics/geometry.ipynb #c010
 def alignment(
     z1, # first views (N, D)
     z2, # their positives (N, D)
@@ -49,6 +50,7 @@ def alignment(
     if a.shape != b.shape: raise ValueError(f"z1 and z2 must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     return alignment_loss(a, b, alpha).item()
 
+# %% ../../nbs/metrics/geometry.ipynb #c012
 def uniformity(
     z, # embeddings (N ≥ 2, D)
     t:float=2.0, # the scale of the Gaussian kernel
@@ -56,7 +58,7 @@ def uniformity(
     "log E exp(−t ‖ẑ_i − ẑ_j‖²) over distinct pairs, on the unit sphere; lower is more uniform."
     return uniformity_loss(F.normalize(as_embeddings(z), dim=1), check_positive(t, "t")).item()
 
-# %% ../../nbs/metrics/geometry.ipynb #c010
+# %% ../../nbs/metrics/geometry.ipynb #c016
 def mean_cosine(
     z, # embeddings (N ≥ 2, D)
 )->float:
@@ -65,6 +67,7 @@ def mean_cosine(
     s = zn.sum(0)
     return ((s @ s - n) / (n * (n - 1))).item()
 
+# %% ../../nbs/metrics/geometry.ipynb #c018
 def isotropy_partition(
     z, # embeddings (N ≥ 2, D)
     center:bool=False, # subtract the mean first
@@ -76,6 +79,7 @@ def isotropy_partition(
     zc = torch.logsumexp(x @ vh.T, dim=0)            # log Z(c) per direction
     return torch.exp(zc.min() - zc.max()).item()
 
+# %% ../../nbs/metrics/geometry.ipynb #c020
 def explained_variance(
     z, # embeddings (N ≥ 2, D)
     k:int=1, # number of top principal components
@@ -86,7 +90,7 @@ def explained_variance(
     k = check_int(k, "k", 1, len(sv2))
     return (sv2[:k].sum() / sv2.sum()).item()
 
-# %% ../../nbs/metrics/geometry.ipynb #c013
+# %% ../../nbs/metrics/geometry.ipynb #c024
 def singular_values(
     z, # embeddings (N ≥ 2, D)
     center:bool=True, # subtract the mean first
@@ -95,6 +99,7 @@ def singular_values(
     x = as_embeddings(z)
     return torch.linalg.svdvals(x - x.mean(0) if center else x)
 
+# %% ../../nbs/metrics/geometry.ipynb #c026
 def effective_rank(
     z, # embeddings (N ≥ 2, D)
     center:bool=False, # subtract the mean first
@@ -105,7 +110,7 @@ def effective_rank(
     p = s / s.sum() + eps
     return math.exp(-(p * p.log()).sum().item())
 
-# %% ../../nbs/metrics/geometry.ipynb #c016
+# %% ../../nbs/metrics/geometry.ipynb #c030
 def linear_cka(
     x, # one representation (N, D1)
     y, # another of the same N inputs (N, D2)
@@ -119,7 +124,7 @@ def linear_cka(
     if den == 0: raise ValueError("CKA is undefined for a constant representation")
     return (num / den).item()
 
-# %% ../../nbs/metrics/geometry.ipynb #c019
+# %% ../../nbs/metrics/geometry.ipynb #c033
 def within_between_ratio(
     z, # embeddings (N, D)
     y, # their classes (N,)
@@ -134,7 +139,7 @@ def within_between_ratio(
         sw += ((zc - mc) ** 2).sum().item(); sb += len(zc) * ((mc - mu) ** 2).sum().item()
     return sw / sb
 
-# %% ../../nbs/metrics/geometry.ipynb #c022
+# %% ../../nbs/metrics/geometry.ipynb #c036
 def embedding_report(
     z, # embeddings (N, D)
     z2=None, # positives of the rows of `z`, for alignment

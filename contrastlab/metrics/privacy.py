@@ -52,6 +52,7 @@ def loss_attack_auc(
     pos, neg = -_losses(logits_members, y_members), -_losses(logits_nonmembers, y_nonmembers)
     return auroc(np.concatenate([pos, neg]), np.r_[np.ones(len(pos)), np.zeros(len(neg))])
 
+# %% ../../nbs/metrics/privacy.ipynb #c009
 def auc_standard_error(
     auc:float, # an AUROC
     n_pos:int, # positives it was computed from
@@ -61,7 +62,7 @@ def auc_standard_error(
     q1, q2 = auc / (2 - auc), 2 * auc ** 2 / (1 + auc)
     return float(math.sqrt(max(auc * (1 - auc) + (n_pos - 1) * (q1 - auc ** 2) + (n_neg - 1) * (q2 - auc ** 2), 0) / (n_pos * n_neg)))
 
-# %% ../../nbs/metrics/privacy.ipynb #c010
+# %% ../../nbs/metrics/privacy.ipynb #c013
 def _logit_conf(logits, y):
     "log p_y − log(1 − p_y), stable in float64: LiRA's logit-scaled confidence."
     l = logits.double(); ly = l.gather(1, y[:, None]).squeeze(1)

@@ -79,6 +79,7 @@ class Prototypes(nn.Module):
         self.weight = nn.Parameter(normalize(torch.randn(check_int(n_prototypes, "n_prototypes", min_value=2), check_int(dim, "dim", min_value=1))))
     def forward(self, z): return normalize(z) @ normalize(self.weight).T
 
+# %% ../../nbs/zoo/swav.ipynb #c017
 @torch.no_grad()
 def normalize_prototypes_(
     prototypes:Prototypes, # the module to re-normalise in place
@@ -86,7 +87,7 @@ def normalize_prototypes_(
     "Project the prototypes back onto the unit sphere (after an optimiser step, as the official loop does)."
     prototypes.weight.copy_(normalize(prototypes.weight))
 
-# %% ../../nbs/zoo/swav.ipynb #c019
+# %% ../../nbs/zoo/swav.ipynb #c022
 SwAVLoss = loss_module(swav_loss, "SwAVLoss")
 
 def _swav_example(dtype, seed):
