@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 # %% auto #0
-__all__ = ['world', 'gather_with_grad', 'all_reduce_sum', 'all_reduce_max', 'global_count', 'compare_with_single_process']
+__all__ = ['world', 'gather_with_grad', 'all_reduce', 'global_count', 'compare_with_single_process']
 
 # %% ../nbs/distributed.ipynb #c005
 def world()->tuple[int, int]:
@@ -58,26 +58,18 @@ def gather_with_grad(
     return out, sum(sizes[:rank])
 
 # %% ../nbs/distributed.ipynb #c012
-def all_reduce_sum(
+def all_reduce(
     x:torch.Tensor, # a tensor of the same shape on every rank
+    op:str="sum", # "sum" or "max"
 )->torch.Tensor:
-    "The sum of `x` over ranks (a new tensor; `x` itself outside a process group)."
+    "The elementwise sum (or maximum) of `x` over ranks, without gradient (`x` itself outside a process group)."
+    if op not in ("sum", "max"): raise ValueError(f"op must be 'sum' or 'max', got {op!r}")
     _, ws = world()
     if ws == 1: return x
-    out = x.detach().clone(); dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    out = x.detach().clone(); dist.all_reduce(out, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
     return out
 
-# %% ../nbs/distributed.ipynb #c014
-def all_reduce_max(
-    x:torch.Tensor, # a tensor of the same shape on every rank
-)->torch.Tensor:
-    "The elementwise maximum of `x` over ranks (a new tensor; `x` itself outside a process group)."
-    _, ws = world()
-    if ws == 1: return x
-    out = x.detach().clone(); dist.all_reduce(out, op=dist.ReduceOp.MAX)
-    return out
-
-# %% ../nbs/distributed.ipynb #c016
+# %% ../nbs/distributed.ipynb #c013
 def global_count(
     n:int, # this rank's count
     device="cpu", # where the collective runs (the device of the loss)
@@ -85,9 +77,9 @@ def global_count(
     "The sum of `n` over ranks."
     _, ws = world()
     if ws == 1: return int(n)
-    return int(all_reduce_sum(torch.tensor([int(n)], device=device)).item())
+    return int(all_reduce(torch.tensor([int(n)], device=device)).item())
 
-# %% ../nbs/distributed.ipynb #c020
+# %% ../nbs/distributed.ipynb #c017
 def _free_port()->int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
@@ -125,7 +117,7 @@ def _compare_worker(rank, ws, port, folder, loss, inputs, params, sizes, output)
     finally:
         dist.destroy_process_group()
 
-# %% ../nbs/distributed.ipynb #c021
+# %% ../nbs/distributed.ipynb #c018
 def compare_with_single_process(
     loss, # a registered loss (`LossSpec` or name), or `(fn, batch_args)` for any function taking `gather_distributed`
     inputs:dict, # the whole batch: keyword inputs of the loss

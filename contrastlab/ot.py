@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import torch
 from .core import check_int, check_positive, check_tensor
-from .distributed import world, all_reduce_sum, all_reduce_max, global_count
+from .distributed import world, all_reduce, global_count
 
 # %% auto #0
 __all__ = ['sinkhorn_log', 'equipartition']
@@ -102,8 +102,8 @@ def sinkhorn_log(
 def _lse_over_ranks(x: torch.Tensor, dim: int) -> torch.Tensor:
     "log-sum-exp of `x` along `dim` over the rows of every rank (keepdim)."
     local = torch.logsumexp(x, dim=dim, keepdim=True)
-    top = all_reduce_max(local)
-    return top + torch.log(all_reduce_sum(torch.exp(local - top)))
+    top = all_reduce(local, "max")
+    return top + torch.log(all_reduce(torch.exp(local - top)))
 
 def equipartition(
     scores:torch.Tensor, # sample × prototype scores (B, K) (higher = closer), or a batch (E, B, K)

@@ -10,10 +10,13 @@ import os, sys, time, math, tempfile
 from pathlib import Path
 import torch
 import torch.nn as nn
-from .core import check_int, check_positive, get_device
+from dataclasses import dataclass
+from .core import check_int, check_positive, check_tensor, get_device, seed_everything, configure
+from .data import BatchSampler, TwoViews
+from .nets import ProjectedEncoder
 
 # %% auto #0
-__all__ = ['History', 'save_checkpoint', 'load_checkpoint', 'fit', 'two_view_step']
+__all__ = ['History', 'save_checkpoint', 'load_checkpoint', 'fit', 'two_view_step', 'TwoViewConfig', 'train_two_view']
 
 # %% ../nbs/train.ipynb #c005
 class History(dict):
@@ -173,3 +176,40 @@ def two_view_step(
         a, b = views(x[idx])
         return loss_fn(model(a), model(b))
     return step
+
+# %% ../nbs/train.ipynb #c025
+@dataclass
+class TwoViewConfig:
+    "Training knobs of a two-view contrastive baseline."
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    seed: int = 0
+    device: str = "auto"
+    def validate(self):
+        check_int(self.epochs, "epochs", min_value=1); check_int(self.batch_size, "batch_size", min_value=2)
+        check_positive(self.lr, "lr"); check_positive(self.weight_decay, "weight_decay", allow_zero=True)
+        return self
+
+# %% ../nbs/train.ipynb #c026
+def train_two_view(
+    x:torch.Tensor, # unlabelled training inputs (N, ...)
+    make_encoder, # `() -> backbone` (with an `out_dim`), called after seeding
+    loss_fn, # `loss_fn(z1, z2) -> loss` between the projections of the two views
+    augment, # `augment(x, g) -> x'`, wrapped into `TwoViews`
+    config:TwoViewConfig|None=None, # the knobs (default: `TwoViewConfig()`)
+    *,
+    callbacks=(), # `fit` callbacks
+    progress="auto", # `fit`'s progress display
+    **overrides, # fields of the config to change
+):
+    "Train a `ProjectedEncoder` with a two-view loss; return the model and its history."
+    c = configure(type(config) if config is not None else TwoViewConfig, config, **overrides)
+    check_tensor(x, "x", floating=True, finite=True, min_rows=c.batch_size)
+    seed_everything(c.seed); dev = get_device(c.device)
+    model = ProjectedEncoder(make_encoder()).to(dev)
+    opt = torch.optim.Adam(model.parameters(), c.lr, weight_decay=c.weight_decay)
+    step = two_view_step(TwoViews(augment), x.to(dev), loss_fn)
+    hist = fit(model, step, BatchSampler(len(x), c.batch_size, seed=c.seed), c.epochs, opt, callbacks=callbacks, progress=progress)
+    return model, hist

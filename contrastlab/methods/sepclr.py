@@ -20,7 +20,7 @@ from ..nets import Conv1dEncoder, SmallCNN, ProjectionHead, ProjectedEncoder, en
 from ..losses import normalize, info_nce, alignment_loss, uniformity_loss, sq_dists, replace_rows, loss_module
 from ..metrics import linear_probe, knn_accuracy, linear_cka, auroc
 from ..registry import Paper, LossSpec, Example, register_paper, register_loss
-from ..train import fit, two_view_step
+from ..train import fit, two_view_step, TwoViewConfig, train_two_view
 
 # %% auto #0
 __all__ = ['GLYPHS', 'CORNERS', 'PATTERNS', 'POSITIONS_1D', 'OFFICIAL_WEIGHTS', 'SepCLRLoss', 'JEMLoss', 'salient_glyphs',
@@ -324,22 +324,17 @@ def train_sepclr(
 
 # %% ../../nbs/methods/sepclr.ipynb #c040
 @dataclass
-class BaselineConfig:
-    "Training knobs of the SimCLR baseline of this notebook."
+class BaselineConfig(TwoViewConfig):
+    "Training knobs of the SimCLR baseline of this notebook: the two-view baseline's, plus τ and the encoder's size."
     epochs: int = 30
-    batch_size: int = 256
     temperature: float = 0.2
-    lr: float = 1e-3
-    seed: int = 0
-    device: str = "auto"
     rep_dim: int = 64               # as wide as SepCLR's two representations together
     width: int = 32
     def validate(self):
-        check_int(self.epochs, "epochs", min_value=1); check_int(self.batch_size, "batch_size", min_value=2)
-        check_positive(self.temperature, "temperature"); check_positive(self.lr, "lr")
+        super().validate(); check_positive(self.temperature, "temperature")
         return self
 
-# %% ../../nbs/methods/sepclr.ipynb #c042
+# %% ../../nbs/methods/sepclr.ipynb #c041
 def train_simclr_baseline(
     x:torch.Tensor, # background ∪ target inputs
     config:BaselineConfig|None=None, # the knobs (default: `BaselineConfig()`)
@@ -351,14 +346,10 @@ def train_simclr_baseline(
     "One SimCLR encoder on all rows of `x` (background ∪ target); return the model and its history."
     c = configure(BaselineConfig, config, **overrides)
     check_tensor(x, "x", ndim=(2, 4), floating=True, finite=True, min_rows=c.batch_size)
-    seed_everything(c.seed); dev = get_device(c.device)
-    model = ProjectedEncoder(default_encoder(x, c.rep_dim, c.width)).to(dev)
-    opt = torch.optim.Adam(model.parameters(), c.lr, weight_decay=1e-5)
-    step = two_view_step(TwoViews(augment or default_augment(x)), x.to(dev), partial(info_nce, temperature=c.temperature))
-    hist = fit(model, step, BatchSampler(len(x), c.batch_size, seed=c.seed), c.epochs, opt, progress=progress)
-    return model, hist
+    return train_two_view(x, lambda: default_encoder(x, c.rep_dim, c.width), partial(info_nce, temperature=c.temperature),
+                          augment or default_augment(x), c, progress=progress)
 
-# %% ../../nbs/methods/sepclr.ipynb #c045
+# %% ../../nbs/methods/sepclr.ipynb #c044
 def cross_probes(
     spaces:dict, # {name: (train features, test features)} over all rows
     data:dict, # a data set of `make_contrastive_*`
@@ -376,7 +367,7 @@ def cross_probes(
             if knn: out[f"knn:{name}→{f}"] = knn_accuracy(ftr[tr], ytr, fte[te], yte, k=20)
     return out
 
-# %% ../../nbs/methods/sepclr.ipynb #c047
+# %% ../../nbs/methods/sepclr.ipynb #c046
 @torch.no_grad()
 def evaluate_sepclr(
     model:SepCLR, # a trained `SepCLR`
@@ -400,7 +391,7 @@ def evaluate_sepclr(
     out["cka_c_s"] = linear_cka(rc_te[tg], rs_te[tg]) if rs_te[tg].std(0).sum() > 0 else 0.0
     return out
 
-# %% ../../nbs/methods/sepclr.ipynb #c050
+# %% ../../nbs/methods/sepclr.ipynb #c049
 def probe_heatmap(
     results:dict, # the dict of `evaluate_sepclr` or `cross_probes`
     spaces=("common", "salient"), # rows of the heatmap
@@ -417,7 +408,7 @@ def probe_heatmap(
                       margin=dict(l=60, r=20, t=50, b=40))
     return fig
 
-# %% ../../nbs/methods/sepclr.ipynb #c053
+# %% ../../nbs/methods/sepclr.ipynb #c052
 SepCLRLoss = loss_module(sepclr_loss, "SepCLRLoss")
 JEMLoss = loss_module(jem_loss, "JEMLoss")
 

@@ -16,26 +16,18 @@ from ..nets import Conv1dEncoder, ProjectedEncoder, encode
 from ..losses import info_nce
 from ..metrics import alignment, uniformity
 from ..registry import Paper, register_paper
-from ..train import fit, two_view_step
+from ..train import fit, two_view_step, TwoViewConfig, train_two_view
 
 # %% auto #0
 __all__ = ['SimCLRConfig', 'train_simclr', 'align_uniform_callback']
 
 # %% ../../nbs/methods/simclr.ipynb #c009
 @dataclass
-class SimCLRConfig:
-    "Training knobs of SimCLR on signals."
-    epochs: int = 100
-    batch_size: int = 256
+class SimCLRConfig(TwoViewConfig):
+    "Training knobs of SimCLR on signals: the two-view baseline's, plus the temperature."
     temperature: float = 0.2
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
-    seed: int = 0
-    device: str = "auto"
     def validate(self):
-        check_int(self.epochs, "epochs", min_value=1); check_int(self.batch_size, "batch_size", min_value=2)
-        check_positive(self.temperature, "temperature"); check_positive(self.lr, "lr")
-        check_positive(self.weight_decay, "weight_decay", allow_zero=True)
+        super().validate(); check_positive(self.temperature, "temperature")
         return self
 
 # %% ../../nbs/methods/simclr.ipynb #c010
@@ -43,7 +35,7 @@ def train_simclr(
     x:torch.Tensor, # unlabelled signals (N, L)
     config:SimCLRConfig|None=None, # the knobs (default: `SimCLRConfig()`)
     *,
-    encoder:nn.Module|None=None, # the backbone (default: `Conv1dEncoder` for length L)
+    encoder=None, # `() -> backbone` (default: a `Conv1dEncoder` for length L)
     augment=None, # the view augmentation (default: `Augment1D()`)
     callbacks=(), # `fit` callbacks
     progress="auto", # `fit`'s progress display
@@ -52,13 +44,8 @@ def train_simclr(
     "Train SimCLR on unlabelled signals `x`; return the model and its training history."
     c = configure(SimCLRConfig, config, **overrides)
     check_tensor(x, "x", ndim=2, floating=True, finite=True, min_rows=c.batch_size)
-    seed_everything(c.seed); dev = get_device(c.device)
-    model = ProjectedEncoder(encoder or Conv1dEncoder(length=x.shape[1])).to(dev)
-    views = TwoViews(augment or Augment1D())
-    opt = torch.optim.Adam(model.parameters(), c.lr, weight_decay=c.weight_decay)
-    step = two_view_step(views, x.to(dev), partial(info_nce, temperature=c.temperature))
-    hist = fit(model, step, BatchSampler(len(x), c.batch_size, seed=c.seed), c.epochs, opt, callbacks=callbacks, progress=progress)
-    return model, hist
+    return train_two_view(x, encoder or (lambda: Conv1dEncoder(length=x.shape[1])), partial(info_nce, temperature=c.temperature),
+                          augment or Augment1D(), c, callbacks=callbacks, progress=progress)
 
 # %% ../../nbs/methods/simclr.ipynb #c013
 def align_uniform_callback(
