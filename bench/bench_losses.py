@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 IMPLS = ["contrastlab", "contrastlab_dense", "contrastlab_general", "reference", "lightly_ntxent", "pml_ntxent", "pml_supcon", "matmul_floor"]
-LABELS = {"contrastlab": "contrastlab info_nce (auto)", "contrastlab_dense": "contrastlab info_nce (dense path)",
+LABELS = {"contrastlab": "contrastlab info_nce_loss (auto)", "contrastlab_dense": "contrastlab info_nce_loss (dense path)",
           "contrastlab_general": "contrastlab contrastive_loss (general, dense)",
           "reference": "plain reference (one matmul + cross_entropy)", "lightly_ntxent": "lightly NTXentLoss",
           "pml_ntxent": "pml NTXentLoss", "pml_supcon": "pml SupConLoss", "matmul_floor": "matmul floor (2 products)"}
@@ -33,9 +33,9 @@ def make_step(impl, b, d, tau):
     torch.manual_seed(0)
     z1 = torch.randn(b, d, requires_grad=True); z2 = (z1.detach() + 0.5 * torch.randn(b, d)).requires_grad_()
     if impl in ("contrastlab", "contrastlab_dense"):
-        from contrastlab.losses import info_nce
+        from contrastlab.losses import info_nce_loss
         chunk = "auto" if impl == "contrastlab" else None
-        return lambda: info_nce(z1, z2, tau, chunk=chunk).backward()
+        return lambda: info_nce_loss(z1, z2, tau, chunk=chunk).backward()
     if impl == "contrastlab_general":       # the general objective, called the way a new loss would call it
         from contrastlab.losses import contrastive_loss, normalize, two_view_index
         pos = two_view_index(b)

@@ -28,7 +28,7 @@ class Example:
 @dataclass(frozen=True)
 class LossSpec:
     "A loss as the registry knows it: function, module, a tiny example and the properties the conformance suite checks."
-    name: str                             # the function's name, e.g. "info_nce"
+    name: str                             # the function's name, e.g. "info_nce_loss"
     fn: Callable                          # the functional form
     module: type | None                   # the `nn.Module` form (constructor takes the hyper-parameters)
     example: Callable                     # `example(dtype, seed) -> Example`

@@ -169,7 +169,7 @@ def fit(
 def two_view_step(
     views, # `views(x) -> (view1, view2)` (e.g. `data.TwoViews(Augment1D())`)
     x:torch.Tensor, # the whole training set, on the model's device
-    loss_fn, # `loss_fn(z1, z2) -> loss` (e.g. `functools.partial(info_nce, temperature=0.2)`)
+    loss_fn, # `loss_fn(z1, z2) -> loss` (e.g. `functools.partial(info_nce_loss, temperature=0.2)`)
 ):
     "A `step_fn` for `fit`: batch indices → `loss_fn` of the model's outputs on two views of `x[idx]`."
     def step(model, idx):

@@ -175,14 +175,14 @@ def temperature_profile(
     temperatures, # the τ values
 )->dict:
     "InfoNCE loss, effective number of candidates and mean positive weight of fixed views, per temperature."
-    from contrastlab.losses import info_nce, normalize, two_view_index
+    from contrastlab.losses import info_nce_loss, normalize, two_view_index
     z = normalize(torch.cat([torch.as_tensor(z1), torch.as_tensor(z2)]).float())
     s = z @ z.T; s.fill_diagonal_(float("-inf")); pos = two_view_index(len(z1))
     out = dict(temperature=[], loss=[], effective_candidates=[], positive_weight=[])
     for t in temperatures:
         p = torch.softmax(s / t, 1)
         ent = -(p * torch.log(p.clamp_min(1e-30))).sum(1)
-        out["temperature"].append(float(t)); out["loss"].append(info_nce(z1, z2, t).item())
+        out["temperature"].append(float(t)); out["loss"].append(info_nce_loss(z1, z2, t).item())
         out["effective_candidates"].append(ent.exp().mean().item())
         out["positive_weight"].append(p[torch.arange(len(z)), pos].mean().item())
     return out

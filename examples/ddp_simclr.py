@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from contrastlab.core import seed_everything
 from contrastlab.data import make_mnist1d, Augment1D, TwoViews, BatchSampler
 from contrastlab.nets import Conv1dEncoder, ProjectedEncoder
-from contrastlab.losses import info_nce
+from contrastlab.losses import info_nce_loss
 from contrastlab.distributed import world
 
 def main():
@@ -41,7 +41,7 @@ def main():
         for idx in sampler:
             mine = idx.tensor_split(ws)[rank]                 # this rank's slice of the global batch
             v1, v2 = views(data[mine.to(dev)])
-            share = info_nce(model(v1), model(v2), a.temperature, gather_distributed=True)
+            share = info_nce_loss(model(v1), model(v2), a.temperature, gather_distributed=True)
             opt.zero_grad(); (ws * share).backward(); opt.step()
             total = share.detach().clone(); dist.all_reduce(total)
             step += 1

@@ -3,7 +3,7 @@ import os, subprocess, sys
 from pathlib import Path
 import pytest, torch
 from contrastlab.distributed import compare_with_single_process, world
-from contrastlab.losses import info_nce, sup_con, cross_view_nce
+from contrastlab.losses import info_nce_loss, sup_con_loss, cross_view_loss
 from contrastlab.ot import equipartition
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,21 +15,21 @@ def _batch(n=11, d=5, seed=0):
 @pytest.mark.parametrize("decoupled", [False, True])
 def test_info_nce_two_ranks(decoupled):
     z1, z2 = _batch()
-    r = compare_with_single_process("info_nce", dict(z1=z1, z2=z2), [6, 5], dict(temperature=0.2, decoupled=decoupled))
+    r = compare_with_single_process("info_nce_loss", dict(z1=z1, z2=z2), [6, 5], dict(temperature=0.2, decoupled=decoupled))
     assert r["loss_diff"] < 1e-10 and r["grad_diff"] < 1e-10, r
 
 @pytest.mark.parametrize("missing", ["raise", "skip"])
 def test_sup_con_two_ranks(missing):
     z, _ = _batch(12)
     y = torch.tensor([0, 1, 2, 0, 1, 2, 3, 0, 1, 2, 3, 4 if missing == "skip" else 3])   # label 4 occurs once: no positive
-    r = compare_with_single_process("sup_con", dict(z=z, labels=y), [7, 5], dict(temperature=0.1, missing=missing))
+    r = compare_with_single_process("sup_con_loss", dict(z=z, labels=y), [7, 5], dict(temperature=0.1, missing=missing))
     assert r["loss_diff"] < 1e-10 and r["grad_diff"] < 1e-10, r
 
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_clip_two_ranks_with_learnable_scale(symmetric):
     a, b = _batch(9)
     scale = torch.tensor(7.0, dtype=torch.float64)          # a shared tensor input: its gradient is summed over ranks
-    r = compare_with_single_process("cross_view_nce", dict(a=a, b=b, logit_scale=scale), [5, 4], dict(symmetric=symmetric))
+    r = compare_with_single_process("cross_view_loss", dict(a=a, b=b, logit_scale=scale), [5, 4], dict(symmetric=symmetric))
     assert r["loss_diff"] < 1e-10 and r["grad_diff"] < 1e-10, r
 
 def test_swav_equipartition_sums_over_ranks():
@@ -41,12 +41,12 @@ def test_swav_equipartition_sums_over_ranks():
 def test_single_process_is_the_plain_loss():
     assert world() == (0, 1)
     z1, z2 = torch.randn(6, 3), torch.randn(6, 3)
-    assert torch.equal(info_nce(z1, z2, 0.2, gather_distributed=True), info_nce(z1, z2, 0.2))
+    assert torch.equal(info_nce_loss(z1, z2, 0.2, gather_distributed=True), info_nce_loss(z1, z2, 0.2))
 
 def test_sizes_must_cover_the_batch():
     z1, z2 = _batch()
     with pytest.raises(ValueError, match="sizes must sum to the batch size 11"):
-        compare_with_single_process("info_nce", dict(z1=z1, z2=z2), [6, 4])
+        compare_with_single_process("info_nce_loss", dict(z1=z1, z2=z2), [6, 4])
 
 def test_torchrun_example_trains():
     torchrun = Path(sys.executable).parent / "torchrun"

@@ -18,7 +18,7 @@ def test_site_pages_exist(site):
                  "methods/simclr.html", "zoo/index.html"):
         assert (site / page).exists(), page
     assert "contrastive_loss" in (site / "losses/core.html").read_text()          # show_doc output rendered
-    assert "info_nce" in (site / "losses/named.html").read_text()
+    assert "info_nce_loss" in (site / "losses/named.html").read_text()
 
 def test_index_lists_every_registered_paper(site):
     from contrastlab.registry import papers

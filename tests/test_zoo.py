@@ -3,9 +3,9 @@ import math, sys
 from pathlib import Path
 import pytest, torch
 import torch.nn.functional as F
-from contrastlab.losses import info_nce, normalize
+from contrastlab.losses import info_nce_loss, normalize
 from contrastlab.losses.reference import reference_info_nce, reference_sinkhorn
-from contrastlab.zoo.dcl import dcl, dclw, dclw_weights
+from contrastlab.zoo.dcl import dcl_loss, dclw_loss, dclw_weights
 from contrastlab.zoo.swav import swav_loss, swav_codes, Prototypes, normalize_prototypes_
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -24,7 +24,7 @@ def _close_with_grads(ours, ref, inputs, tol=1e-9):
 # ---- DCL / DCL-W --------------------------------------------------------------------------------------------
 def test_dcl_hand_worked():
     e = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    assert math.isclose(dcl(e, e, 1.0).item(), -1 + math.log(2), rel_tol=1e-6)
+    assert math.isclose(dcl_loss(e, e, 1.0).item(), -1 + math.log(2), rel_tol=1e-6)
 
 def test_dclw_weights_average_one_and_can_be_negative():
     torch.manual_seed(0)
@@ -34,16 +34,16 @@ def test_dclw_weights_average_one_and_can_be_negative():
 
 def test_dcl_and_dclw_against_the_reference():
     z1, z2 = _pair()
-    _close_with_grads(dcl(z1, z2, 0.2), reference_info_nce(z1, z2, 0.2, decoupled=True), (z1, z2))
+    _close_with_grads(dcl_loss(z1, z2, 0.2), reference_info_nce(z1, z2, 0.2, decoupled=True), (z1, z2))
     w = dclw_weights(z1, z2, 0.5)                                           # frozen: stop-gradient, as in the paper
-    _close_with_grads(dclw(z1, z2, 0.2, 0.5), reference_info_nce(z1, z2, 0.2, decoupled=True, pos_weight=w), (z1, z2))
+    _close_with_grads(dclw_loss(z1, z2, 0.2, 0.5), reference_info_nce(z1, z2, 0.2, decoupled=True, pos_weight=w), (z1, z2))
 
 @pytest.mark.parametrize("chunk", [None, 4])
 def test_dcl_and_dclw_match_lightly(chunk):
     L = lightly_loss()
     z1, z2 = _pair(9, 6, seed=1)
-    _close_with_grads(dcl(z1, z2, 0.15, chunk=chunk), L.DCLLoss(temperature=0.15)(z1, z2), (z1, z2), tol=1e-9)
-    _close_with_grads(dclw(z1, z2, 0.15, 0.5, chunk=chunk), L.DCLWLoss(temperature=0.15, sigma=0.5)(z1, z2), (z1, z2), tol=1e-9)
+    _close_with_grads(dcl_loss(z1, z2, 0.15, chunk=chunk), L.DCLLoss(temperature=0.15)(z1, z2), (z1, z2), tol=1e-9)
+    _close_with_grads(dclw_loss(z1, z2, 0.15, 0.5, chunk=chunk), L.DCLWLoss(temperature=0.15, sigma=0.5)(z1, z2), (z1, z2), tol=1e-9)
 
 # ---- SwAV ---------------------------------------------------------------------------------------------------
 def test_codes_are_the_plain_sinkhorn_and_equipartitioned():

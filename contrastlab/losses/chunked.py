@@ -12,7 +12,7 @@ import torch
 __all__ = ['CHUNK_AUTO_ROWS', 'CHUNK_SIZE', 'CHUNK_SIZE_ACCEL', 'SHARED_SHIFT_MIN_TAU', 'resolve_chunk', 'chunked_nt_xent']
 
 # %% ../../nbs/losses/chunked.ipynb #c005
-CHUNK_AUTO_ROWS = 2048      # N = 2B rows from which info_nce(chunk="auto") takes the chunked path
+CHUNK_AUTO_ROWS = 2048      # N = 2B rows from which info_nce_loss(chunk="auto") takes the chunked path
 CHUNK_SIZE = {"cpu": 512}   # default block size per device type (cache-sized blocks on the CPU) ...
 CHUNK_SIZE_ACCEL = 4096     # ... and on accelerators, where bigger blocks keep the device busy
 

@@ -154,7 +154,7 @@ def contrastive_loss(
     inplace:bool=False, # let the loss write into `sim` (saves one N×M copy when the caller owns it)
     _trusted:bool=False, # the positives were built by this library (an index): skip their validation
 )->torch.Tensor: # the loss (a scalar, or (N,) with `reduction="none"`)
-    "The general contrastive objective over a similarity matrix `sim`."
+    "The general contrastive objective over a similarity matrix `sim`: InfoNCE's softmax cross-entropy with masks and weights."
     check_tensor(sim, "sim", ndim=2, floating=True)
     n, m = sim.shape
     if n == 0 or m == 0: raise ValueError(f"sim must be non-empty, got shape {(n, m)}")

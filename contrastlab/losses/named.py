@@ -17,7 +17,7 @@ from .core import contrastive_loss, normalize, two_view_index, label_positive_ma
 from .chunked import resolve_chunk, chunked_nt_xent
 
 # %% auto #0
-__all__ = ['info_nce', 'sup_con', 'cross_view_nce', 'InfoNCELoss', 'SupConLoss', 'CLIPLoss']
+__all__ = ['info_nce_loss', 'sup_con_loss', 'cross_view_loss', 'InfoNCELoss', 'SupConLoss', 'CLIPLoss']
 
 # %% ../../nbs/losses/named.ipynb #c006
 def _info_nce_gathered(a1, a2, temperature, decoupled, pos_weight):
@@ -34,7 +34,7 @@ def _info_nce_gathered(a1, a2, temperature, decoupled, pos_weight):
     return total / (2 * big_b)
 
 # %% ../../nbs/losses/named.ipynb #c007
-def info_nce(
+def info_nce_loss(
     z1:torch.Tensor, # first view's embeddings: (B, D)
     z2:torch.Tensor, # second view's embeddings, row i the positive of row i of `z1`: (B, D)
     temperature:float=0.1, # τ
@@ -46,7 +46,7 @@ def info_nce(
     chunk="auto", # "auto" (chunked from 2B ≥ CHUNK_AUTO_ROWS rows), None (dense) or a block size
     gather_distributed:bool=False, # contrast against the candidates of every rank; returns this rank's share
 )->torch.Tensor:
-    "Symmetric NT-Xent over two views: every row of `cat([z1, z2])` is an anchor."
+    "SimCLR's symmetric NT-Xent (Chen et al. 2020) over two views: every row of `cat([z1, z2])` is an anchor."
     check_pair(z1, z2)
     temperature = check_positive(temperature, "temperature")
     if pos_weight is not None:
@@ -81,7 +81,7 @@ def _sup_con_gathered(zn, labels, temperature, missing, reduction, stats):
     return total if reduction == "sum" else total / global_count(int(keep.sum()), zn.device)
 
 # %% ../../nbs/losses/named.ipynb #c013
-def sup_con(
+def sup_con_loss(
     z:torch.Tensor, # every view's embeddings, stacked: (N, D)
     labels:torch.Tensor, # the class of each row: (N,)
     temperature:float=0.1, # τ
@@ -91,7 +91,7 @@ def sup_con(
     stats:dict|None=None, # receives `n_anchors` and `n_missing`
     gather_distributed:bool=False, # contrast against the rows of every rank; returns this rank's share
 )->torch.Tensor:
-    "SupCon over stacked views `z` with integer `labels`: every other row of the same class is a positive."
+    "SupCon (Khosla et al. 2020) over stacked views `z` with integer `labels`: every other row of the same class is a positive."
     check_embeddings(z, "z"); check_labels(labels, "labels", n=z.shape[0])
     temperature = check_positive(temperature, "temperature")
     zn = normalize(z)
@@ -114,7 +114,7 @@ def _cross_view_gathered(an, bn, scale, symmetric, negatives):
     return (total + contrastive_loss((bn * scale) @ big_a.T, target, reduction="sum")) / (2 * n_all)
 
 # %% ../../nbs/losses/named.ipynb #c018
-def cross_view_nce(
+def cross_view_loss(
     a:torch.Tensor, # anchors of the first tower: (B, D)
     b:torch.Tensor, # the second tower, row i the positive of row i of `a`: (B, D)
     temperature:float=0.07, # τ (unused when `logit_scale` is given)
@@ -124,7 +124,7 @@ def cross_view_nce(
     negatives:torch.Tensor|None=None, # extra candidates (K, D) of the a → b direction: a queue, hard negatives
     gather_distributed:bool=False, # contrast against the rows of every rank; returns this rank's share
 )->torch.Tensor:
-    "InfoNCE between two towers: row i of `a` matches row i of `b`."
+    "InfoNCE between two towers — CLIP (Radford et al. 2021), MNRL, MoCo's query–key loss: row i of `a` matches row i of `b`."
     check_pair(a, b, ("a", "b"))
     if logit_scale is None: scale = 1.0 / check_positive(temperature, "temperature")
     else:
@@ -151,12 +151,12 @@ def cross_view_nce(
 # %% ../../nbs/losses/named.ipynb #c022
 class InfoNCELoss(LossModule):
     "NT-Xent (SimCLR) as a module: `InfoNCELoss(temperature=0.1)(z1, z2)`."
-    fn = staticmethod(info_nce)
+    fn = staticmethod(info_nce_loss)
 
 # %% ../../nbs/losses/named.ipynb #c024
 class SupConLoss(LossModule):
     "SupCon as a module: `SupConLoss(temperature=0.1)(z, labels)`."
-    fn = staticmethod(sup_con)
+    fn = staticmethod(sup_con_loss)
 
 # %% ../../nbs/losses/named.ipynb #c027
 class CLIPLoss(nn.Module):
@@ -170,19 +170,19 @@ class CLIPLoss(nn.Module):
     @property
     def scale(self)->torch.Tensor: return self.logit.scale
     def forward(self, a, b, gather_distributed: bool = False):
-        return cross_view_nce(a, b, logit_scale=self.scale, gather_distributed=gather_distributed)
+        return cross_view_loss(a, b, logit_scale=self.scale, gather_distributed=gather_distributed)
 
 # %% ../../nbs/losses/named.ipynb #c030
 def _views(dtype, seed, b=6, d=5):
     g = generator(seed)
     return torch.randn(b, d, generator=g).to(dtype), torch.randn(b, d, generator=g).to(dtype)
 
-register_loss(LossSpec("info_nce", info_nce, InfoNCELoss,
+register_loss(LossSpec("info_nce_loss", info_nce_loss, InfoNCELoss,
     lambda dtype, seed: Example(dict(zip(("z1", "z2"), _views(dtype, seed))), dict(temperature=0.2)),
     batch_args=("z1", "z2"), embedding_args=("z1", "z2"), distributed=True))
-register_loss(LossSpec("sup_con", sup_con, SupConLoss,
+register_loss(LossSpec("sup_con_loss", sup_con_loss, SupConLoss,
     lambda dtype, seed: Example(dict(z=torch.cat(_views(dtype, seed)), labels=torch.tensor([0, 1, 2, 0, 1, 2] * 2)), dict(temperature=0.2)),
     batch_args=("z", "labels"), embedding_args=("z",), distributed=True))
-register_loss(LossSpec("cross_view_nce", cross_view_nce, CLIPLoss,
+register_loss(LossSpec("cross_view_loss", cross_view_loss, CLIPLoss,
     lambda dtype, seed: Example(dict(zip(("a", "b"), _views(dtype, seed))), dict(temperature=0.1), dict(init_temperature=0.1)),
     batch_args=("a", "b"), embedding_args=("a", "b"), distributed=True))

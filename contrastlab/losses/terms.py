@@ -36,7 +36,7 @@ def alignment_loss(
     b:torch.Tensor, # their positives: (N, D)
     alpha:float=2.0, # the power of the distance
 )->torch.Tensor:
-    "Mean ‖a_i − b_i‖^α over the rows (positive pairs); lower is better."
+    "Wang & Isola's alignment (2020): mean ‖a_i − b_i‖^α over the rows (positive pairs); lower is better."
     check_pair(a, b, ("a", "b")); alpha = check_positive(alpha, "alpha")
     a, b = _wide(a), _wide(b)
     if alpha == 2.0: return (a - b).pow(2).sum(1).mean()
@@ -49,7 +49,7 @@ def uniformity_loss(
     *,
     partners:torch.Tensor|None=None, # column of each row's partner (N,), a symmetric pairing, left out of the pairs
 )->torch.Tensor:
-    "log mean_{i<j} exp(−t ‖z_i − z_j‖²) over distinct pairs (without partner pairs)."
+    "Wang & Isola's uniformity (2020): log mean_{i<j} exp(−t ‖z_i − z_j‖²) over distinct pairs (without partner pairs)."
     check_embeddings(z, "z", min_rows=2); t = check_positive(t, "t")
     z = _wide(z); n = len(z); iu = torch.triu_indices(n, n, 1, device=z.device)
     d = sq_dists(z)[iu[0], iu[1]]

@@ -14,7 +14,7 @@ from ..core import (get_device, seed_everything, generator, check_int, check_pos
                               check_pair, check_embeddings)
 from ..data import BatchSampler, SceneWorld, SWAPS, swap_scenes, ORDER_PERTURBATIONS, perturb_words
 from ..nets import TinyCLIP
-from ..losses import cross_view_nce, normalize, loss_module
+from ..losses import cross_view_loss, normalize, loss_module
 from ..metrics import tie_aware_accuracy, recall_at_k, DualEncoderScorer
 from ..registry import Paper, LossSpec, Example, register_paper, register_loss
 from ..train import fit
@@ -127,7 +127,7 @@ def train_clip(
     opt = torch.optim.Adam(model.parameters(), check_positive(lr, "lr"))
     def step(m, idx):
         a, b = m(img[idx], tok[idx])
-        return cross_view_nce(a, b, logit_scale=m.scale)
+        return cross_view_loss(a, b, logit_scale=m.scale)
     return fit(model, step, BatchSampler(len(images), batch_size, seed=seed), epochs, opt, callbacks=callbacks, progress=progress)
 
 # %% ../../nbs/methods/aro.ipynb #c024
@@ -144,7 +144,7 @@ def negclip_loss(
         raise ValueError(f"neg_text_emb must have the shape of image_emb {tuple(image_emb.shape)} (one hard negative per image), got {tuple(neg_text_emb.shape)}")
     if logit_scale is not None and not isinstance(logit_scale, torch.Tensor):
         logit_scale = torch.tensor(check_positive(logit_scale, "logit_scale"))
-    return cross_view_nce(image_emb, text_emb, temperature, logit_scale=logit_scale, negatives=neg_text_emb)
+    return cross_view_loss(image_emb, text_emb, temperature, logit_scale=logit_scale, negatives=neg_text_emb)
 
 # %% ../../nbs/methods/aro.ipynb #c029
 def hard_negative_captions(

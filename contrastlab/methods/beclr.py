@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from ..core import get_device, seed_everything, generator, check_int, check_positive, check_choice, check_tensor, configure
 from ..data import BatchSampler, GlyphAugment
 from ..nets import MLP, EMATeacher, Conv4
-from ..losses import info_nce, contrastive_loss, normalize, uniformity_loss, two_view_index, FeatureQueue, loss_module
+from ..losses import info_nce_loss, contrastive_loss, normalize, uniformity_loss, two_view_index, FeatureQueue, loss_module
 from ..ot import sinkhorn_log, equipartition
 from ..registry import Paper, LossSpec, Example, register_paper, register_loss
 from ..train import fit
@@ -257,9 +257,9 @@ def dyce_nt_xent(
     temperature:float=0.2, # τ
     appended:bool=False, # official: neighbours appended as detached pairs; intended: extra positives
 )->torch.Tensor:
-    "NT-Xent over two views, enhanced with DyCE neighbours (none: plain `info_nce`)."
-    if n1 is None: return info_nce(z1, z2, temperature)
-    if appended: return info_nce(torch.cat([z1, n1]), torch.cat([z2, n2]), temperature)
+    "NT-Xent over two views, enhanced with DyCE neighbours (none: plain `info_nce_loss`)."
+    if n1 is None: return info_nce_loss(z1, z2, temperature)
+    if appended: return info_nce_loss(torch.cat([z1, n1]), torch.cat([z2, n2]), temperature)
     k = len(n1) // len(z1)
     return 0.5 * (_neighbour_nce(z1, torch.cat([z2, n2]), k, temperature) + _neighbour_nce(z2, torch.cat([z1, n1]), k, temperature))
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ..core import check_int, check_positive, check_choice, check_tensor, check_labels, seed_everything, get_device, generator, configure
 from ..data import Augment1D, TwoViews, BatchSampler
 from ..nets import Conv1dEncoder, ProjectionHead, LogitScale, encode
-from ..losses import contrastive_loss, normalize, sup_con, loss_module
+from ..losses import contrastive_loss, normalize, sup_con_loss, loss_module
 from ..metrics import effective_rank, within_between_ratio
 from ..registry import Paper, LossSpec, Example, register_paper, register_loss
 from ..train import fit
@@ -317,7 +317,7 @@ def supcon_step(
     "A `step_fn` for the SupCon baseline: both views stacked, same-label rows positive."
     def step(model, idx):
         a, b = views(x[idx]); yb = y[idx]
-        return sup_con(torch.cat([model(a), model(b)]), torch.cat([yb, yb]), temperature)
+        return sup_con_loss(torch.cat([model(a), model(b)]), torch.cat([yb, yb]), temperature)
     return step
 
 # %% ../../nbs/methods/hydra.ipynb #c048

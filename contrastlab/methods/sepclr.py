@@ -17,7 +17,7 @@ from ..core import (get_device, seed_everything, generator, check_int, check_pos
                               check_embeddings, check_pair, check_labels, configure)
 from ..data import make_mnist1d, Augment1D, Augment2D, TwoViews, BatchSampler, BalancedBatchSampler
 from ..nets import Conv1dEncoder, SmallCNN, ProjectionHead, ProjectedEncoder, encode
-from ..losses import normalize, info_nce, alignment_loss, uniformity_loss, sq_dists, replace_rows, loss_module
+from ..losses import normalize, info_nce_loss, alignment_loss, uniformity_loss, sq_dists, replace_rows, loss_module
 from ..metrics import linear_probe, knn_accuracy, linear_cka, auroc
 from ..registry import Paper, LossSpec, Example, register_paper, register_loss
 from ..train import fit, two_view_step, TwoViewConfig, train_two_view
@@ -346,7 +346,7 @@ def train_simclr_baseline(
     "One SimCLR encoder on all rows of `x` (background ∪ target); return the model and its history."
     c = configure(BaselineConfig, config, **overrides)
     check_tensor(x, "x", ndim=(2, 4), floating=True, finite=True, min_rows=c.batch_size)
-    return train_two_view(x, lambda: default_encoder(x, c.rep_dim, c.width), partial(info_nce, temperature=c.temperature),
+    return train_two_view(x, lambda: default_encoder(x, c.rep_dim, c.width), partial(info_nce_loss, temperature=c.temperature),
                           augment or default_augment(x), c, progress=progress)
 
 # %% ../../nbs/methods/sepclr.ipynb #c044

@@ -13,7 +13,7 @@ from functools import partial
 from ..core import get_device, seed_everything, check_int, check_positive, check_tensor, configure, generator
 from ..data import Augment1D, TwoViews, BatchSampler
 from ..nets import Conv1dEncoder, ProjectedEncoder, encode
-from ..losses import info_nce
+from ..losses import info_nce_loss
 from ..metrics import alignment, uniformity
 from ..registry import Paper, register_paper
 from ..train import fit, two_view_step, TwoViewConfig, train_two_view
@@ -44,7 +44,7 @@ def train_simclr(
     "Train SimCLR on unlabelled signals `x`; return the model and its training history."
     c = configure(SimCLRConfig, config, **overrides)
     check_tensor(x, "x", ndim=2, floating=True, finite=True, min_rows=c.batch_size)
-    return train_two_view(x, encoder or (lambda: Conv1dEncoder(length=x.shape[1])), partial(info_nce, temperature=c.temperature),
+    return train_two_view(x, encoder or (lambda: Conv1dEncoder(length=x.shape[1])), partial(info_nce_loss, temperature=c.temperature),
                           augment or Augment1D(), c, callbacks=callbacks, progress=progress)
 
 # %% ../../nbs/methods/simclr.ipynb #c013
@@ -66,5 +66,5 @@ def align_uniform_callback(
 register_paper(Paper(
     key="simclr", title="A Simple Framework for Contrastive Learning of Visual Representations",
     authors="Chen, Kornblith, Norouzi, Hinton", year=2020, venue="ICML 2020", arxiv="2002.05709", code="google-research/simclr",
-    family="baseline", module="contrastlab.methods.simclr", losses=("info_nce",), components=("train_simclr", "align_uniform_callback"),
+    family="baseline", module="contrastlab.methods.simclr", losses=("info_nce_loss",), components=("train_simclr", "align_uniform_callback"),
     summary="two augmented views of a sample agree under NT-Xent; every other view in the batch is a negative"))

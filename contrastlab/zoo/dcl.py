@@ -9,23 +9,23 @@ from __future__ import annotations
 import torch
 from ..core import check_positive, check_pair, generator
 from ..distributed import world, gather_with_grad
-from ..losses import info_nce, normalize, loss_module
+from ..losses import info_nce_loss, normalize, loss_module
 from ..registry import Paper, LossSpec, Example, register_paper, register_loss
 
 # %% auto #0
-__all__ = ['DCLLoss', 'DCLWLoss', 'dcl', 'dclw_weights', 'dclw']
+__all__ = ['DCLLoss', 'DCLWLoss', 'dcl_loss', 'dclw_weights', 'dclw_loss']
 
 # %% ../../nbs/zoo/dcl.ipynb #c006
-def dcl(
+def dcl_loss(
     z1:torch.Tensor, # first view's embeddings (B, D)
     z2:torch.Tensor, # second view's embeddings (B, D)
     temperature:float=0.1, # τ
     *,
-    chunk="auto", # as `info_nce`: chunked from 2B ≥ CHUNK_AUTO_ROWS rows
+    chunk="auto", # as `info_nce_loss`: chunked from 2B ≥ CHUNK_AUTO_ROWS rows
     gather_distributed:bool=False, # candidates from every rank; returns this rank's share
 )->torch.Tensor:
     "Decoupled contrastive loss (Yeh et al. 2022): NT-Xent without the positive in the denominator."
-    return info_nce(z1, z2, temperature, decoupled=True, chunk=chunk, gather_distributed=gather_distributed)
+    return info_nce_loss(z1, z2, temperature, decoupled=True, chunk=chunk, gather_distributed=gather_distributed)
 
 # %% ../../nbs/zoo/dcl.ipynb #c011
 def dclw_weights(
@@ -46,31 +46,31 @@ def dclw_weights(
     return torch.cat([w, w])
 
 # %% ../../nbs/zoo/dcl.ipynb #c012
-def dclw(
+def dclw_loss(
     z1:torch.Tensor, # first view's embeddings (B, D)
     z2:torch.Tensor, # second view's embeddings (B, D)
     temperature:float=0.1, # τ
     sigma:float=0.5, # σ of the weighting
     *,
-    chunk="auto", # as `info_nce`
+    chunk="auto", # as `info_nce_loss`
     gather_distributed:bool=False, # candidates and weights over every rank; returns this rank's share
 )->torch.Tensor:
     "Weighted DCL (Yeh et al. 2022): DCL with the positive term of pair i weighted by `dclw_weights`."
     w = dclw_weights(z1, z2, sigma, gather_distributed)
-    return info_nce(z1, z2, temperature, decoupled=True, pos_weight=w, chunk=chunk, gather_distributed=gather_distributed)
+    return info_nce_loss(z1, z2, temperature, decoupled=True, pos_weight=w, chunk=chunk, gather_distributed=gather_distributed)
 
 # %% ../../nbs/zoo/dcl.ipynb #c023
-DCLLoss = loss_module(dcl, "DCLLoss")
-DCLWLoss = loss_module(dclw, "DCLWLoss")
+DCLLoss = loss_module(dcl_loss, "DCLLoss")
+DCLWLoss = loss_module(dclw_loss, "DCLWLoss")
 
 def _views(dtype, seed, b=6, d=5):
     g = generator(seed); return dict(z1=torch.randn(b, d, generator=g).to(dtype), z2=torch.randn(b, d, generator=g).to(dtype))
 
-register_loss(LossSpec("dcl", dcl, DCLLoss, lambda dtype, seed: Example(_views(dtype, seed), dict(temperature=0.2)),
+register_loss(LossSpec("dcl_loss", dcl_loss, DCLLoss, lambda dtype, seed: Example(_views(dtype, seed), dict(temperature=0.2)),
                        batch_args=("z1", "z2"), embedding_args=("z1", "z2"), distributed=True, paper="dcl"))
-register_loss(LossSpec("dclw", dclw, DCLWLoss, lambda dtype, seed: Example(_views(dtype, seed), dict(temperature=0.2, sigma=0.5)),
+register_loss(LossSpec("dclw_loss", dclw_loss, DCLWLoss, lambda dtype, seed: Example(_views(dtype, seed), dict(temperature=0.2, sigma=0.5)),
                        batch_args=("z1", "z2"), embedding_args=("z1", "z2"), distributed=True, gradcheck=False, paper="dcl"))
 register_paper(Paper(
     key="dcl", title="Decoupled Contrastive Learning", authors="Yeh, Hong, Hsu, Liu, Chen, LeCun", year=2022, venue="ECCV 2022",
-    arxiv="2110.06848", code=None, family="vision", module="contrastlab.zoo.dcl", losses=("dcl", "dclw"), components=("dclw_weights",),
+    arxiv="2110.06848", code=None, family="vision", module="contrastlab.zoo.dcl", losses=("dcl_loss", "dclw_loss"), components=("dclw_weights",),
     summary="the positive leaves its own denominator, removing the coupling that slows small-batch training"))
