@@ -51,14 +51,13 @@ _LOSSES: dict[str, LossSpec] = {}
 
 def register_loss(
     spec:LossSpec, # the loss to register; its `name` must be new (or re-registered by the same module)
-)->LossSpec:
-    "Add `spec` to the registry; return it."
+):
+    "Add `spec` to the registry."
     if not isinstance(spec, LossSpec): raise TypeError(f"spec must be a LossSpec, got {type(spec).__name__}")
     old = _LOSSES.get(spec.name)
     if old is not None and "__main__" not in (old.fn.__module__, spec.fn.__module__) and old.fn.__module__ != spec.fn.__module__:
         raise ValueError(f"a loss named {spec.name!r} is already registered by {old.fn.__module__}")
     _LOSSES[spec.name] = spec
-    return spec
 
 # %% ../nbs/registry.ipynb #c010
 FAMILIES = ("baseline", "methods", "vision", "sentence", "retrieval", "vision-language", "beyond")
@@ -94,8 +93,8 @@ _PAPERS: dict[str, Paper] = {}
 
 def register_paper(
     paper:Paper, # the paper; its `key` must be new (or re-registered by the same module)
-)->Paper:
-    "Add `paper` to the registry; return it."
+):
+    "Add `paper` to the registry."
     if not isinstance(paper, Paper): raise TypeError(f"paper must be a Paper, got {type(paper).__name__}")
     check_choice(paper.family, "family", FAMILIES)
     old = _PAPERS.get(paper.key)
@@ -104,7 +103,6 @@ def register_paper(
     missing = [n for n in paper.losses if n not in _LOSSES]
     if missing: raise ValueError(f"paper {paper.key!r} names losses that are not registered: {missing}; register_loss them first")
     _PAPERS[paper.key] = paper
-    return paper
 
 # %% ../nbs/registry.ipynb #c013
 PAPER_PACKAGES = ("contrastlab.methods", "contrastlab.zoo")
