@@ -38,7 +38,6 @@ class LossSpec:
     permutation_invariant: bool = True    # permuting every batch input together leaves the value unchanged
     distributed: bool = False             # takes `gather_distributed=True`: candidates are gathered across ranks
     output: str | None = None             # key of the loss when `fn` returns a dict of named terms
-    stochastic: bool = False              # draws random numbers: the suite reseeds before every call
     half_tol: float = 1e-2                # relative tolerance of float16/bfloat16 inputs against float32
     gradcheck: bool = True                # False where a statistic is stop-gradient by design (DCL-W's weights, SwAV's codes)
     paper: str | None = None              # key of the paper the loss comes from (None: a layer loss)

@@ -11,7 +11,6 @@ IDS = [s.name for s in SPECS]
 ERRORS = (ValueError, TypeError)
 
 def _call(spec, inputs, params, module=False, module_params=None):
-    if spec.stochastic: torch.manual_seed(0)
     if module:
         m = spec.module(**(params if module_params is None else module_params))
         return spec.loss_value(m(**inputs))

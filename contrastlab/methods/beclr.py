@@ -304,14 +304,20 @@ def ntxent_step(
     state = dict(step=0); c = config
     def step(model, idx):
         t = state["step"]; state["step"] += 1
-        a, b = views(x[idx])
-        z1, z2 = model(a), model(b)
-        with torch.no_grad(): t1, t2 = z1.detach(), z2.detach()
-        n1, n2, out = _exchange(memory, t1, t2, None if labels is None else labels[idx], t >= dyce_start_step, len(idx), z1.device)
+        z1, z2, t1, t2, n1, n2, out = _views_and_neighbours(model, views, x, idx, lambda a, b, z1, z2: (z1.detach(), z2.detach()),
+                                                            memory, labels, t >= dyce_start_step)
         out.update(loss=dyce_nt_xent(z1, z2, n1, n2, c.temperature, appended=memory is not None and memory.mode == "official"),
                    std=embedding_std(t1), enhanced=float(n1 is not None))
         return out
     return step
+
+def _views_and_neighbours(model, views, x, idx, targets, memory, labels, enhance):
+    "What both steps start with: two views, the student's projections, the targets (no gradient) and the memory's neighbours."
+    a, b = views(x[idx])
+    z1, z2 = model(a), model(b)
+    with torch.no_grad(): t1, t2 = targets(a, b, z1, z2)
+    n1, n2, out = _exchange(memory, t1, t2, None if labels is None else labels[idx], enhance, len(idx), z1.device)
+    return z1, z2, t1, t2, n1, n2, out
 
 def _exchange(memory, t1, t2, hidden, enhance, B, device):
     "Neighbours (flattened to (B·k, D)) from the memory, and the share of first neighbours that are the sample itself."
@@ -338,10 +344,8 @@ def beclr_step(
     state = dict(step=0); c = config
     def step(model, idx):
         t = state["step"]; state["step"] += 1
-        a, b = views(x[idx])
-        z1, z2 = model(a), model(b)
-        with torch.no_grad(): t1, t2 = teacher(a), teacher(b)
-        n1, n2, out = _exchange(memory, t1, t2, None if labels is None else labels[idx], t >= dyce_start_step, len(idx), z1.device)
+        z1, z2, t1, t2, n1, n2, out = _views_and_neighbours(model, views, x, idx, lambda a, b, z1, z2: (teacher(a), teacher(b)),
+                                                            memory, labels, t >= dyce_start_step)
         terms = beclr_loss(model.predict(z1), model.predict(z2), t1, t2, z1, z2, n1, n2, neg_weight=c.neg_weight,
                            neg_temperature=c.neg_temperature, appended=memory is not None and memory.mode == "official")
         m0, m1 = c.momentum

@@ -120,8 +120,9 @@ def train_classifier(
     dev = next(model.parameters()).device
     x, y = x.to(dev), y.to(dev)
     opt = torch.optim.Adam(model.parameters() if params is None else params, lr)
-    sign = -1.0 if ascent else 1.0
-    step = lambda m, idx: sign * F.cross_entropy(m(x[idx]), y[idx]) if ascent else F.cross_entropy(m(x[idx]), y[idx])
+    def step(m, idx):
+        loss = F.cross_entropy(m(x[idx]), y[idx])
+        return -loss if ascent else loss
     fit(model, step, StreamBatches(len(x), batch_size, generator(seed)), epochs, opt, progress="none")
     return model.eval()
 

@@ -130,8 +130,8 @@ def within_between_ratio(
     y, # their classes (N,)
 )->float:
     "NC1 proxy tr(Σ_W)/tr(Σ_B): within-class over between-class scatter (0 = collapsed classes)."
-    z = as_embeddings(z); check_labels(torch.as_tensor(y), "y", n=len(z))
-    y = torch.as_tensor(y); classes = y.unique()
+    z = as_embeddings(z); y = check_labels(torch.as_tensor(y), "y", n=len(z))
+    classes = y.unique()
     if len(classes) < 2: raise ValueError("within_between_ratio needs at least 2 classes")
     mu = z.mean(0); sw = sb = 0.0
     for c in classes:
