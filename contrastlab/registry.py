@@ -13,8 +13,8 @@ import torch
 from .core import check_choice
 
 # %% auto #0
-__all__ = ['FAMILIES', 'PAPER_PACKAGES', 'Example', 'LossSpec', 'register_loss', 'Paper', 'register_paper', 'discover', 'papers',
-           'losses', 'get_loss', 'papers_markdown']
+__all__ = ['FAMILIES', 'PAPER_PACKAGES', 'Example', 'LossSpec', 'register_loss', 'Claim', 'Paper', 'register_paper', 'discover',
+           'papers', 'get_paper', 'losses', 'get_loss', 'papers_markdown']
 
 # %% ../nbs/registry.ipynb #c006
 @dataclass
@@ -58,7 +58,18 @@ def register_loss(
         raise ValueError(f"a loss named {spec.name!r} is already registered by {old.fn.__module__}")
     _LOSSES[spec.name] = spec
 
-# %% ../nbs/registry.ipynb #c010
+# %% ../nbs/registry.ipynb #c011
+@dataclass(frozen=True)
+class Claim:
+    "A claim of a paper, as our runs measure it."
+    text: str                             # the effect, in words ("NegCLIP beats CLIP on attribute swaps")
+    metric: str                           # a per-seed metric of the notebook, or "method - control" (paired over seeds)
+    paper: str = ""                       # the paper's number and where it stands ("+19 points, Table 6")
+    margin: float = 0.0                   # the effect must exceed this to count as reproduced
+    def __post_init__(self):
+        if not self.text or not self.metric: raise ValueError(f"a Claim needs text and metric, got {self.text!r}, {self.metric!r}")
+
+# %% ../nbs/registry.ipynb #c013
 FAMILIES = ("baseline", "methods", "vision", "sentence", "retrieval", "vision-language", "beyond")
 
 @dataclass(frozen=True)
@@ -76,6 +87,8 @@ class Paper:
     losses: tuple = ()                    # names of its registered losses
     components: tuple = ()                # names of its other public pieces (transforms, candidates, heads ...)
     summary: str = ""                     # one line: what the paper does
+    claims: tuple = ()                    # `Claim`s the ledger checks
+    deviations: tuple = ()                # every way our code departs from the official code, one line each
     @property
     def notebook(self) -> str:
         "The notebook the module is exported from, relative to `nbs/`."
@@ -87,7 +100,7 @@ class Paper:
         ax = f", arXiv {self.arxiv}" if self.arxiv else ""
         return f"{self.authors}. {self.title}. {self.venue}{ax}."
 
-# %% ../nbs/registry.ipynb #c011
+# %% ../nbs/registry.ipynb #c014
 _PAPERS: dict[str, Paper] = {}
 
 def register_paper(
@@ -101,9 +114,11 @@ def register_paper(
         raise ValueError(f"a paper with key {paper.key!r} is already registered by {old.module}")
     missing = [n for n in paper.losses if n not in _LOSSES]
     if missing: raise ValueError(f"paper {paper.key!r} names losses that are not registered: {missing}; register_loss them first")
+    bad = [c for c in paper.claims if not isinstance(c, Claim)]
+    if bad: raise TypeError(f"paper {paper.key!r}: claims must be Claim objects, got {bad}")
     _PAPERS[paper.key] = paper
 
-# %% ../nbs/registry.ipynb #c013
+# %% ../nbs/registry.ipynb #c016
 PAPER_PACKAGES = ("contrastlab.methods", "contrastlab.zoo")
 
 def discover():
@@ -113,7 +128,7 @@ def discover():
         for info in pkgutil.iter_modules(mod.__path__):
             if not info.name.startswith("_"): importlib.import_module(f"{pkg}.{info.name}")
 
-# %% ../nbs/registry.ipynb #c015
+# %% ../nbs/registry.ipynb #c018
 def papers(
     family:str|None=None, # only this family
 )->list[Paper]:
@@ -122,13 +137,22 @@ def papers(
     out = sorted(_PAPERS.values(), key=lambda p: (FAMILIES.index(p.family), p.year, p.key))
     return [p for p in out if family is None or p.family == family]
 
-# %% ../nbs/registry.ipynb #c017
+# %% ../nbs/registry.ipynb #c020
+def get_paper(
+    key:str, # a paper's key
+)->Paper:
+    "The registered paper `key` (paper modules are imported only when it is not registered yet)."
+    if key not in _PAPERS: discover()
+    if key not in _PAPERS: raise KeyError(f"no registered paper {key!r}; known: {sorted(_PAPERS)}")
+    return _PAPERS[key]
+
+# %% ../nbs/registry.ipynb #c022
 def losses()->list[LossSpec]:
     "Every registered loss: the layers' (registered when `contrastlab.losses` is imported, as every paper does) and the papers'."
     discover()
     return sorted(_LOSSES.values(), key=lambda s: s.name)
 
-# %% ../nbs/registry.ipynb #c019
+# %% ../nbs/registry.ipynb #c024
 def get_loss(
     name:str, # a registered loss name
 )->LossSpec:
@@ -137,7 +161,7 @@ def get_loss(
     if name not in known: raise KeyError(f"no registered loss {name!r}; known: {sorted(known)}")
     return known[name]
 
-# %% ../nbs/registry.ipynb #c022
+# %% ../nbs/registry.ipynb #c027
 def papers_markdown(
     base:str="", # prefix of the notebook links (e.g. "" on the index page)
 )->str:

@@ -122,6 +122,16 @@ def _failure_from(nb_path, exc) -> NotebookFailed:
     except Exception: pass
     return NotebookFailed(nb_path, cell, ename, evalue, tb)
 
+def _kernel_manager():
+    "A kernel manager on local IPC sockets in a private temporary folder (no TCP ports; nothing to eavesdrop on)."
+    import tempfile
+    from jupyter_client.manager import AsyncKernelManager
+    class LocalKernelManager(AsyncKernelManager):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.transport, self.ip = "ipc", str(Path(tempfile.mkdtemp(prefix="contrastlab-kernel-")) / "k")
+    return LocalKernelManager
+
 def run_notebook(
     path, # the notebook
     out_dir, # where the executed copy goes
@@ -147,7 +157,8 @@ def run_notebook(
     os.environ["PLOTLY_RENDERER"] = "notebook"; os.environ["CONTRASTLAB_PLAIN"] = "1"
     try:
         pm.execute_notebook(str(path), str(out), parameters=params, kernel_name=kernel, cwd=str(path.parent),
-                            progress_bar=False, log_output=log_output, execution_timeout=timeout)
+                            progress_bar=False, log_output=log_output, execution_timeout=timeout,
+                            kernel_manager_class=_kernel_manager())
     except pm.PapermillExecutionError as e:
         raise _failure_from(out, e) from None
     finally:
@@ -206,18 +217,20 @@ def main(
     r.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     r.add_argument("--out", default=None, help="output folder (default runs/<timestamp>)")
     r.add_argument("--stop-on-failure", action="store_true")
-    s = sub.add_parser("results", help="print the results table of a folder")
+    s = sub.add_parser("results", help="print the claims report of a results folder (--all: every scalar metric)")
     s.add_argument("folder", nargs="?", default=None)
+    s.add_argument("--all", action="store_true")
     a = ap.parse_args(argv)
+    from .ledger import claims_report
     if a.cmd == "results":
-        print(results_table(a.folder)); return 0
+        print(results_table(a.folder) if a.all else claims_report(a.folder or results_dir())); return 0
     params = {k: _coerce(v) for k, v in a.param}
     try:
         out, failures = run_notebooks(a.notebooks or None, a.preset, params, a.out, keep_going=not a.stop_on_failure)
     except (ValueError, FileNotFoundError) as e:
         print(f"contrastlab: error: {e}", file=sys.stderr); return 2
     print(f"\nexecuted notebooks and results: {out}\n")
-    print(results_table(out / "results"))
+    print(claims_report(out / "results"))
     if failures:
         print(f"\n{len(failures)} notebook(s) failed:", file=sys.stderr)
         for f in failures: print(f"  {f.notebook}: cell {f.cell}: {f.ename}: {f.evalue}", file=sys.stderr)
