@@ -37,8 +37,8 @@ browser:
 run: export
 	@stamp=$$(date +%Y%m%d-%H%M%S); out=runs/$$stamp; \
 	$(BIN)/contrastlab run --preset $(PRESET) --out $$out; rc=$$?; \
-	$(BIN)/python tools/build_docs.py $$out || rc=1; \
-	echo "run folder: $$out   docs: _docs/index.html"; exit $$rc
+	$(BIN)/python tools/build_docs.py $$out > $$out/docs.log 2>&1 || { cat $$out/docs.log; rc=1; }; \
+	echo "run folder: $$out   docs: _docs/index.html (log: $$out/docs.log)   ledger: ledger/ (written by PRESET=full)"; exit $$rc
 
 # Peers (lightly, pytorch-metric-learning) are parity oracles of the tests and the benchmark: --no-deps, never main requirements.
 peers: setup

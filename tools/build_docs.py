@@ -54,8 +54,11 @@ def build(executed: Path, out: Path) -> Path:
     bindir = Path(sys.executable).parent
     proc = ROOT / "_proc"
     if proc.exists(): shutil.rmtree(proc)
-    subprocess.run([str(bindir / "nbdev-proc-nbs"), "--path", str(stage), "--file-re", r"\.(?:ipynb|qmd)$", "--force"],
-                   cwd=ROOT, check=True)
+    # nbdev-proc-nbs would first try to download and install Quarto (noise, then `sudo: not found` offline); smalldocs does
+    # not need Quarto, so the processing step runs with that check switched off.
+    proc_nbs = ("import sys, nbdev.quarto as q; q._ensure_quarto = lambda: None; "
+                "q.nbdev_proc_nbs.__wrapped__(path=sys.argv[1], file_re=sys.argv[2], force=True)")
+    subprocess.run([sys.executable, "-c", proc_nbs, str(stage), r"\.(?:ipynb|qmd)$"], cwd=ROOT, check=True)
     shutil.copy(ROOT / "nbs" / "sidebar.yml", proc / "sidebar.yml")   # nbdev regenerates it alphabetically; keep our order
     subprocess.run([str(bindir / "smalldocs"), "render", "--quiet", str(proc)], cwd=ROOT, check=True)
     if out.exists(): shutil.rmtree(out)
