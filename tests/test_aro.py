@@ -121,6 +121,22 @@ def test_bag_of_words_control_ties_exactly(world):
     assert r["ties"] == 300 and abs(r["accuracy"] - 0.2) < 1e-12
     bi = bow_index(m.embed_texts, world.captions(sc[:50]), world)
     assert all(bi[k]["index"] > 1 - 1e-6 for k in ORDER_PERTURBATIONS)
+    # the control: a text transformer with positions, untrained, must not tie (else the tie check could not fail)
+    t = clip_scorer(TinyCLIP(world, "transformer", pos_std=0.1).eval())
+    assert all(swap_probe(t, im, sc, world, kind)["ties"] < 300 for kind in ("attribute_swap", "object_swap"))
+
+
+def test_registered_claims_name_the_notebooks_metrics():
+    "Every claim of the paper compares two of the per-seed metrics the notebook records (<model>_<probe>)."
+    from contrastlab.registry import get_paper
+    p = get_paper("aro")
+    models = ("clip", "clip_ft", "negclip", "bow", "untrained", "clip_2x2")
+    probes = ("attribute_swap", "object_swap", "relation_flip", "order", "R1", "R5")
+    known = {f"{m}_{k}" for m in models for k in probes}
+    assert p.claims and p.deviations
+    for c in p.claims:
+        assert all(t.strip() in known for t in c.metric.split(" - ")), c.metric
+    assert any("clip_ft" in c.metric for c in p.claims)                      # the paper's control is in the claims
 
 
 def test_transformer_text_is_order_sensitive(world):
