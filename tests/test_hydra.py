@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from contrastlab.core import check_labels
 from contrastlab.data import mnist1d_templates
 from contrastlab.metrics import within_between_ratio
-from contrastlab.methods.hydra import (LabelGate, OpenGate, gate_stats, pair_gates, partner_labels, hydra_masks,
+from contrastlab.methods.hydra import (LabelGate, OpenGate, gate_stats, gates_selective, pair_gates, partner_labels, hydra_masks,
                                        gated_logits, gated_multipos_loss, hydra_loss, HydraNet, HydraConfig, hydra_step)
 from contrastlab.nets import Conv1dEncoder
 from contrastlab.data import Augment1D, TwoViews
@@ -154,3 +154,16 @@ def test_templates():
     assert np.allclose(t["x"][:10], get_templates()["x"])
     assert np.allclose(t["x"][:, 0], 0)
     assert np.allclose(t["x"], mnist1d_templates(30, seed=0)["x"])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gate_check_fails_on_its_controls(seed):
+    "The notebook's gate check must fail on an untrained gate (as HydraNet initialises it) and on forced-open gates."
+    torch.manual_seed(seed)
+    for C in (10, 30):
+        m = HydraNet(Conv1dEncoder(), C)
+        s = gate_stats(pair_gates(m.gate))
+        assert s["entropy"] > 0.6 and not gates_selective(s), s
+        assert not gates_selective(gate_stats(pair_gates(OpenGate(C, 64))))
+    assert gates_selective(dict(entropy=0.3, gate_mean=0.3))
+    assert not gates_selective(dict(entropy=0.05, gate_mean=0.3))     # saturated
