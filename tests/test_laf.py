@@ -4,7 +4,8 @@ import pytest, torch
 import torch.nn as nn
 from contrastlab.methods.laf import (SplitClassifier, check_protocol, make_classifier, train_classifier, predict,
     class_removal_split, random_removal_split, noisy_label_split, RepVAE, vae_loss, LAFConfig, official_lrs, ue_loss, ra_loss,
-    laf_unlearn, laf_repair, label_subset, UnlearningTask, evaluate_unlearning, geometry_report, neggrad_baseline)
+    laf_unlearn, laf_repair, label_subset, UnlearningTask, evaluate_unlearning, geometry_report, neggrad_baseline, forgets,
+    hides_membership)
 from contrastlab.metrics import auc_standard_error, sorted_softmax_attack as mia_official
 
 Y = torch.arange(1000) % 10
@@ -150,3 +151,25 @@ def test_tiny_end_to_end():
     assert g["cos_to_original_remain"] > g["cos_to_original_forget"]
     ng = neggrad_baseline(m, task.x_forget, task.y_forget)
     assert not all(torch.equal(a, b) for a, b in zip(m.parameters(), ng.parameters()))
+
+def test_forgets_passes_laf_and_fails_its_controls():
+    "The notebook's forgetting check, on a tiny run: LAF passes it; the Original and an ablated LAF (no step size) fail it."
+    x, y = blobs(600); xt, yt = blobs(300, seed=1)
+    torch.manual_seed(0)
+    m = train_classifier(make_classifier((1, 4, 4), 3, emb_dim=16, width=8), x, y, epochs=10)
+    task = UnlearningTask(x, y, xt, yt, class_removal_split(y, 0, n_classes=3), seed=0)
+    kw = dict(epochs=10, vae_epochs=5)
+    laf, _ = laf_unlearn(m, task.x_forget, task.x_remain, lr_ue=5e-3, lr_ra=1e-2, **kw)
+    still, _ = laf_unlearn(m, task.x_forget, task.x_remain, lr_ue=0.0, lr_ra=1e-7, **kw)
+    r0, r1, r2 = (evaluate_unlearning(v, task) for v in (m, laf, still))
+    assert forgets(r1, r0, 20, 10)
+    assert not forgets(r0, r0, 20, 10) and not forgets(r2, r0, 20, 10)
+    broken = dict(r1, acc_test_other_classes=r0["acc_test_other_classes"] - 11)     # forgets by breaking the rest
+    assert not forgets(broken, r0, 20, 10)
+    with pytest.raises(KeyError, match="evaluate_unlearning"): forgets(dict(acc=1), r0)
+
+def test_hides_membership_fails_a_leaking_model():
+    assert hides_membership(dict(loss_auc=0.51), 400, 100)
+    assert not hides_membership(dict(loss_auc=0.63), 400, 100)      # the Original's hard-class signal is caught
+    assert not hides_membership(dict(loss_auc=0.35), 400, 100)      # so is an inverted one
+    with pytest.raises(KeyError, match="loss_auc"): hides_membership(dict(mia=0.5), 400, 100)
