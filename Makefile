@@ -45,7 +45,7 @@ peers: setup
 	$(BIN)/pip install -q --no-deps -r bench/requirements.txt
 
 test: export browser peers
-	$(BIN)/python -m pytest tests -v -p no:cacheprovider
+	$(BIN)/python -m pytest tests -v -p no:cacheprovider --durations=25
 
 # --- the rest -----------------------------------------------------------------------------------------
 unit: export peers
