@@ -5,6 +5,7 @@ import pytest, torch
 from contrastlab.data import GLYPH_CHARS, CONFUSABLE, glyph_splits, render_glyphs, EpisodeSampler, GlyphAugment
 from contrastlab.nets import Conv4
 from contrastlab.metrics import standardize, episode_features, nearest_prototype, logistic_on_prototypes, fewshot_accuracy, mean_ci
+from contrastlab.ledger import check_effect
 from contrastlab.methods.beclr import BECLRNet, DyCEMemory, uniformity_term, embedding_std, opta, opta_transform, train_beclr
 
 def test_splits():
@@ -128,6 +129,8 @@ def test_networks_and_augment():
     assert Conv4()(x).shape == (4, 64)
     net = BECLRNet(); z = net(x)
     assert z.shape == (4, 128) and net.predict(z).shape == (4, 128) and net.features(x).shape == (4, 64)
+    wide = BECLRNet(pred_hidden=64, proj_bn=True)
+    assert wide.predictor[0].out_features == 64 and isinstance(wide.projector[-1], torch.nn.BatchNorm1d) and wide(x).shape == (4, 128)
     a = GlyphAugment()(x, torch.Generator().manual_seed(0))
     assert a.shape == x.shape and 0 <= a.min() and a.max() <= 1 and not torch.equal(a, x)
     with pytest.raises(ValueError): Conv4()(torch.rand(4, 28, 28))
@@ -144,3 +147,38 @@ def test_tiny_training(objective, dyce):
     with pytest.raises(ValueError): train_beclr(x, epochs=1, dyce="paper")
     with pytest.raises(ValueError): train_beclr(x, epochs=1, labels=y[:5])
     with pytest.raises(TypeError, match="unknown BECLRConfig option"): train_beclr(x, epoch=1)
+
+def test_beclr_knobs_train():
+    x, y = render_glyphs("ABCDEFGH", 24, seed=0)
+    model, hist, mem = train_beclr(x, epochs=1, objective="beclr", dyce=None, batch_size=32, momentum=(0.9, 1.0), pred_lr=10.0,
+                                   pred_hidden=64, proj_bn=True, neg_weight=1.0, device="cpu", progress="none")
+    assert np.isfinite(hist["loss"]).all() and mem is None and model.predictor[0].out_features == 64
+    with pytest.raises(ValueError): train_beclr(x, epochs=1, pred_lr=0.0)
+
+def opta_gain(feats, y, seed=0):
+    ep = EpisodeSampler(y, 5, 1, 15, seed=seed).sample(200)
+    m, h = mean_ci(fewshot_accuracy(feats, ep, transform=opta_transform(1)) - fewshot_accuracy(feats, ep))
+    return dict(gain=m, ci=h)
+
+def test_opta_check_fails_on_its_control():
+    "The notebook's OpTA check (paired gain above 0) passes on separated classes and fails where the query clouds overlap."
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(10).repeat_interleave(40)
+    centres = torch.randn(10, 32, generator=g)
+    good = centres[y] * 2 + torch.randn(400, 32, generator=g) * 1.5
+    overlapping = centres[y] * 0.15 + torch.randn(400, 32, generator=g) * 1.5
+    holds = lambda r: r["gain"] - r["ci"] > 0
+    rec = check_effect("OpTA gain", holds, opta_gain(good, y), {"overlapping classes": opta_gain(overlapping, y)})
+    assert rec["controls"] == {"overlapping classes": False}
+    with pytest.raises(AssertionError, match="effect not shown"):
+        check_effect("OpTA gain", holds, opta_gain(overlapping, y), {"good": opta_gain(good, y)})
+
+def test_dyce_nmi_rise_fails_for_a_frozen_encoder():
+    "The notebook's DyCE check asks the memory's NMI to rise; a memory fed from fixed embeddings does not."
+    z, y = blobs(n_cls=8, per=96)
+    mem = DyCEMemory(16, size=256, n_clusters=8, seed=0)
+    nmis = []
+    for i in range(0, len(z), 64):
+        mem.enqueue(z[i:i + 64], y[i:i + 64]); nmis.append(mem.nmi())
+    nmis = [v for v in nmis if np.isfinite(v)]
+    assert abs(nmis[-1] - nmis[0]) < 0.05
