@@ -194,11 +194,17 @@ def verdict(
 def evaluate_claims(
     claims, # `registry.Claim`s
     per_seed:list[dict], # one dict of scalar metrics per seed
+    strict:bool=True, # a claim whose metric the rows lack is an error (False: it is reported as "not measured")
 )->list[dict]:
     "Each claim with its summary over seeds and its verdict."
     out = []
     for c in claims:
-        s = summarize(metric_values(per_seed, c.metric))
+        try: vals = metric_values(per_seed, c.metric)
+        except KeyError:
+            if strict: raise
+            out.append(dict(text=c.text, metric=c.metric, margin=c.margin, paper=c.paper, summary=None, verdict="not measured"))
+            continue
+        s = summarize(vals)
         out.append(dict(text=c.text, metric=c.metric, margin=c.margin, paper=c.paper,
                         summary=s, verdict=verdict(s, c.margin)))
     return out
@@ -258,7 +264,7 @@ def record(
     metrics = sorted({k for r in rows for k in r if k != "seed"})
     entry = dict(name=name, notebook=nb, preset=preset, seeds=[r.get("seed") for r in rows], per_seed=rows,
                  summary={k: summarize([r[k] for r in rows if k in r]) for k in metrics},
-                 claims=evaluate_claims(paper.claims if paper else (), rows), effects=list(effects),
+                 claims=evaluate_claims(paper.claims if paper else (), rows, strict=preset == "full"), effects=list(effects),
                  settings=settings or {}, device=device_info(device), versions=package_versions(), **git_commit(),
                  code=code_hash(nb_path), wall_time_s=round(elapsed(), 1),
                  date=datetime.datetime.now().isoformat(timespec="seconds"))
@@ -364,9 +370,11 @@ def claims_report(
             n = len(rec.get("metrics", {}).get("summary") or rec.get("metrics", {}))
             lines.append(f"{head} [{rec['preset']}, seed {rec['seed']}] no registered claims; {n} metrics in {f.name} (`contrastlab results --all`)")
         for i, c in enumerate(claims):
-            s = c["summary"]; ci = "" if math.isnan(s["ci"]) else f" ± {s['ci']:.3f}"
-            text = c["text"] if len(c["text"]) <= 64 else c["text"][:63] + "…"
-            ours = f"{s['mean']:+.3f}{ci} (n={s['n']})"
+            s = c["summary"]; text = c["text"] if len(c["text"]) <= 64 else c["text"][:63] + "…"
+            if s is None: ours = "—"
+            else:
+                ci = "" if math.isnan(s["ci"]) else f" ± {s['ci']:.3f}"
+                ours = f"{s['mean']:+.3f}{ci} (n={s['n']})"
             lines.append(f"{head if i == 0 else '':<10} {text:<64} {ours:>22}  {c['verdict']}")
         for e in rec.get("effects") or []:
             lines.append(f"{'':<10} effect: {e['claim'][:60]:<60} {'controls fail: ' + ', '.join(e['controls']):>26}")
