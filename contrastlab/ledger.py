@@ -10,7 +10,7 @@ import ast, datetime, hashlib, importlib.metadata, json, math, os, platform, re,
 from pathlib import Path
 from typing import Callable
 from .core import check_choice, elapsed, PRESETS
-from .registry import Claim, get_paper, papers
+from .registry import get_paper, papers
 from .runner import project_root, save_results
 
 # %% auto #0
@@ -88,9 +88,9 @@ def imported_modules(
     seen = set()
     while todo:
         name = todo.pop()
-        if name in seen or name in NOT_HASHED or _module_file(name) is None: continue
-        seen.add(name)
         f = _module_file(name)
+        if name in seen or name in NOT_HASHED or f is None: continue
+        seen.add(name)
         pkg = name if f.name == "__init__.py" else name.rpartition(".")[0]
         todo |= _imports(f.read_text(), pkg)
     return sorted(seen - {"contrastlab"})
@@ -348,7 +348,7 @@ def ledger_markdown(
             if e is None: ours, verdict_, setting = "no entry yet", "—", "—"
             else:
                 s = summarize(metric_values(e["per_seed"], c.metric))
-                ours = f"{s['mean']:+.3f} ± {s['ci']:.3f} (n={s['n']})" + (" ⚠ stale" if e["stale"] else "")
+                ours = f"{figure(e, c.metric, '+.3f')} (n={s['n']})" + (" ⚠ stale" if e["stale"] else "")
                 verdict_, setting = f"**{verdict(s, c.margin)}**", _setting(e)
             rows.append(f"| {link if i == 0 else ''} | {c.text} (`{c.metric}` > {c.margin:g}) | {c.paper} | {ours} | {verdict_} | "
                         f"{setting if i == 0 else ''} | {dev if i == 0 else ''} |")
