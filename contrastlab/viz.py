@@ -6,7 +6,7 @@ Docs: https://contrastlab.github.io/contrastlab/viz.html.md"""
 
 # %% ../nbs/viz.ipynb #c002
 from __future__ import annotations
-import os
+import itertools, os, time
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,8 @@ from .metrics import as_embeddings as _emb, as_labels as _labels, singular_value
 
 # %% auto #0
 __all__ = ['PALETTE', 'project_2d', 'embedding_map', 'embedding_maps', 'align_uniform_plane', 'singular_spectrum',
-           'similarity_heatmap', 'isotropy_histogram', 'training_curves', 'temperature_profile', 'temperature_explorer']
+           'similarity_heatmap', 'isotropy_histogram', 'training_curves', 'Text', 'explorer', 'temperature_profile',
+           'temperature_explorer']
 
 # %% ../nbs/viz.ipynb #c005
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
@@ -168,6 +169,136 @@ def training_curves(
     fig.update_xaxes(title=x)
     return _layout(fig, title, height=320, showlegend=False)
 
+# %% ../nbs/viz.ipynb #x001
+class Text:
+    "A free-text control of an `explorer`: a text box when live; its `examples` in the kernel-free figure."
+    def __init__(self,
+        value:str, # the initial text
+        examples=(), # further texts the kernel-free figure offers
+    ):
+        if not isinstance(value, str): raise TypeError(f"Text: expected a string value, got {type(value).__name__}")
+        self.value, self.examples = value, [value] + [e for e in examples if e != value]
+    def __repr__(self): return f"Text({self.value!r}, {len(self.examples) - 1} examples)"
+
+
+# %% ../nbs/viz.ipynb #x003
+def _fmt(v): return v if isinstance(v, str) else f"{v:.3g}" if isinstance(v, float) else str(v)
+
+def _options(name, spec):
+    "A control's (label, value) pairs, its default value and its widget kind."
+    if isinstance(spec, Text): return [(e, e) for e in spec.examples], spec.value, "text"
+    if isinstance(spec, (str, bytes)) or not hasattr(spec, "__iter__"):
+        raise TypeError(f"explorer: control {name!r} expects a list of values, a {{label: value}} dict or a Text, got {spec!r}")
+    pairs = list(spec.items()) if isinstance(spec, dict) else [o if isinstance(o, tuple) and len(o) == 2 else (o, o) for o in spec]
+    if not pairs: raise ValueError(f"explorer: control {name!r} has no options")
+    pairs = [(_fmt(l), v) for l, v in pairs]
+    numeric = all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for _, v in pairs)
+    return pairs, pairs[len(pairs) // 2][1] if numeric else pairs[0][1], "slider" if numeric else "dropdown"
+
+def _rendered(render, values):
+    "Call `render`: its figure and readout (the figure's title when `render` returns no text)."
+    out = render(**values)
+    fig, text = out if isinstance(out, tuple) else (out, None)
+    if not isinstance(fig, go.Figure):
+        raise TypeError(f"explorer: render must return a plotly Figure or (Figure, str), got {type(fig).__name__}")
+    return fig, text if text is not None else (fig.layout.title.text or "")
+
+def _states(opts, defaults, max_states):
+    "Every combination of the controls' values, or each control moved alone from the defaults when there are more than `max_states`."
+    names = list(opts)
+    if int(np.prod([len(p) for p, *_ in opts.values()])) <= max_states:
+        return [dict(zip(names, c)) for c in itertools.product(*[[v for _, v in opts[n][0]] for n in names])]
+    states = [dict(defaults)]
+    for n in names: states += [{**defaults, n: v} for _, v in opts[n][0] if v != defaults[n]]
+    return states[:max_states]
+
+def _state_label(opts, state):
+    labels = [next(l for l, v in opts[n][0] if v is state[n] or v == state[n]) for n in opts]
+    return labels[0] if len(labels) == 1 else ", ".join(f"{n} = {l}" for n, l in zip(opts, labels))
+
+def _kernel_free(render, opts, defaults, max_states):
+    "One figure holding every precomputed state, and a plotly slider that switches between them (no kernel needed)."
+    states = _states(opts, defaults, max_states)
+    first = next((i for i, s in enumerate(states) if s == defaults), 0)
+    figs = [_rendered(render, s) for s in states]
+    out = go.Figure(layout=figs[first][0].layout)
+    owner = []
+    for i, (f, _) in enumerate(figs):
+        for t in f.data: out.add_trace(t); owner.append(i)
+    steps = []
+    for i, (f, text) in enumerate(figs):
+        steps.append(dict(method="update", label=_state_label(opts, states[i]),
+                          args=[{"visible": [o == i for o in owner]},
+                                {"title.text": text, "shapes": list(f.layout.shapes), "annotations": list(f.layout.annotations)}]))
+    for t, o in zip(out.data, owner): t.visible = o == first
+    out.update_layout(title_text=figs[first][1], margin=dict(b=90),
+                      sliders=[dict(active=first, steps=steps, pad=dict(t=50), currentvalue=dict(prefix=" · ".join(opts) + ": "))])
+    return out
+
+def _refresh(fw, fig):
+    "Redraw a FigureWidget in place with another figure's traces and layout."
+    same = len(fw.data) == len(fig.data) and all(a.type == b.type for a, b in zip(fw.data, fig.data))
+    if not same:
+        fw.data = []
+        fw.add_traces(list(fig.data))
+    with fw.batch_update():
+        if same:
+            for a, b in zip(fw.data, fig.data):
+                a.update({k: v for k, v in b.to_plotly_json().items() if k not in ("type", "uid")}, overwrite=True)
+        fw.layout.update(fig.layout.to_plotly_json(), overwrite=True)
+
+def _widgets_live() -> bool:
+    "True inside an IPython kernel with a frontend (not under `contrastlab run`/docs, which set CONTRASTLAB_PLAIN)."
+    if os.environ.get("CONTRASTLAB_PLAIN"): return False
+    try:
+        from IPython import get_ipython
+        ip = get_ipython()
+        return ip is not None and ip.__class__.__name__ == "ZMQInteractiveShell"
+    except ImportError: return False
+
+
+# %% ../nbs/viz.ipynb #x004
+def explorer(
+    render, # render(**values) -> a plotly Figure, or (Figure, readout text)
+    title:str|None=None, # a heading above the controls
+    live:bool|None=None, # widgets and a figure that updates in place (default: when a widget frontend is live)
+    max_states:int=48, # states precomputed at most for the kernel-free figure
+    defaults:dict|None=None, # initial values (default: the middle of a slider, the first of a dropdown, a Text's value)
+    **controls, # name=[values] (a slider when numeric, else a dropdown), name={label: value}, or name=Text(...)
+):
+    "Controls and a figure that redraws as they move (live), or the same states precomputed behind a plotly slider (no kernel)."
+    if not controls: raise ValueError("explorer: expected at least one control, as name=[values] or name=Text(...)")
+    opts = {n: _options(n, s) for n, s in controls.items()}
+    vals = {n: o[1] for n, o in opts.items()}
+    for n, v in (defaults or {}).items():
+        if n not in opts: raise ValueError(f"explorer: default for {n!r}, which is not a control (controls: {list(opts)})")
+        vals[n] = v
+    if not (_widgets_live() if live is None else live): return _kernel_free(render, opts, vals, max_states)
+    import ipywidgets as W
+    fig, text = _rendered(render, vals)
+    fw = go.FigureWidget(fig)
+    widgets = {}
+    for n, (pairs, _, kind) in opts.items():
+        if kind == "text": widgets[n] = W.Text(value=vals[n], description=n, continuous_update=False, layout=W.Layout(width="60%"))
+        elif kind == "slider": widgets[n] = W.SelectionSlider(options=pairs, value=vals[n], description=n, continuous_update=False)
+        else: widgets[n] = W.Dropdown(options=pairs, value=vals[n], description=n)
+    readout = W.HTML(value=text)
+    box = W.VBox(([W.HTML(f"<b>{title}</b>")] if title else []) + list(widgets.values()) + [readout, fw])
+    box.add_class("contrastlab-explorer")      # how the JupyterLab test finds it
+    box.figure, box.readout, box.controls, box.latencies = fw, readout, widgets, []
+    def update(change=None):
+        t0 = time.perf_counter()
+        try:
+            f, text = _rendered(render, {n: w.value for n, w in widgets.items()})
+            _refresh(fw, f); readout.value = text
+        except Exception as e:
+            readout.value = f"<span style='color:#d62728'>{type(e).__name__}: {e}</span>"
+            raise
+        finally: box.latencies.append(time.perf_counter() - t0)
+    for w in widgets.values(): w.observe(update, names="value")
+    return box
+
+
 # %% ../nbs/viz.ipynb #c026
 def temperature_profile(
     z1, # embeddings of view 1 (B, D)
@@ -187,15 +318,6 @@ def temperature_profile(
         out["positive_weight"].append(p[torch.arange(len(z)), pos].mean().item())
     return out
 
-def _widgets_live() -> bool:
-    "True inside an IPython kernel with a frontend (not under `contrastlab run`/docs, which set CONTRASTLAB_PLAIN)."
-    if os.environ.get("CONTRASTLAB_PLAIN"): return False
-    try:
-        from IPython import get_ipython
-        ip = get_ipython()
-        return ip is not None and ip.__class__.__name__ == "ZMQInteractiveShell"
-    except ImportError: return False
-
 # %% ../nbs/viz.ipynb #c027
 def temperature_explorer(
     z1, # embeddings of view 1 (B, D)
@@ -203,27 +325,21 @@ def temperature_explorer(
     temperatures=None, # the τ values (default: a log grid)
     live:bool | None=None, # a slider widget (default: when a widget frontend is live)
 ):
-    "A τ slider over fixed views (live widget) or the static curves of `temperature_profile` (no frontend)."
-    temps = list(np.geomspace(0.01, 2.0, 30)) if temperatures is None else list(temperatures)
+    "A τ slider over fixed views: the loss, effective candidates and positive weight, with the chosen τ marked on each curve."
+    temps = [float(t) for t in (np.geomspace(0.01, 2.0, 25) if temperatures is None else temperatures)]
     prof = temperature_profile(z1, z2, temps)
     u = uniformity(torch.cat([torch.as_tensor(z1), torch.as_tensor(z2)]))
-    fig = make_subplots(rows=1, cols=3, subplot_titles=["InfoNCE loss", "effective # candidates", "softmax weight on the positive"])
-    for j, k in enumerate(["loss", "effective_candidates", "positive_weight"]):
-        fig.add_trace(go.Scatter(x=prof["temperature"], y=prof[k], mode="lines+markers", showlegend=False,
-                                 line=dict(color=PALETTE[j])), 1, j + 1)
-    fig.update_xaxes(type="log", title="τ")
-    _layout(fig, f"temperature profile (uniformity of these embeddings: {u:.3f})", height=330)
-    if not (_widgets_live() if live is None else live): return fig
-    import ipywidgets as W
-    fw = go.FigureWidget(fig)
-    for j in range(3): fw.add_vline(x=temps[len(temps) // 2], line_dash="dot", row=1, col=j + 1)
-    slider = W.SelectionSlider(options=[(f"{t:.3g}", t) for t in temps], value=temps[len(temps) // 2], description="τ")
-    label = W.HTML()
-    def update(change=None):
-        t = slider.value; p = temperature_profile(z1, z2, [t])
-        with fw.batch_update():
-            for shape in fw.layout.shapes: shape.x0 = shape.x1 = t
-        label.value = (f"τ = {t:.3g}: loss {p['loss'][0]:.3f}, effective candidates {p['effective_candidates'][0]:.1f}, "
-                       f"weight on the positive {p['positive_weight'][0]:.3f}")
-    slider.observe(update, names="value"); update()
-    return W.VBox([slider, label, fw])
+    keys = ["loss", "effective_candidates", "positive_weight"]
+    def render(τ):
+        i = temps.index(τ)
+        fig = make_subplots(rows=1, cols=3, subplot_titles=["InfoNCE loss", "effective # candidates", "softmax weight on the positive"])
+        for j, k in enumerate(keys):
+            fig.add_trace(go.Scatter(x=temps, y=prof[k], mode="lines", showlegend=False, line=dict(color=PALETTE[j])), 1, j + 1)
+            fig.add_trace(go.Scatter(x=[τ], y=[prof[k][i]], mode="markers", showlegend=False,
+                                     marker=dict(color=PALETTE[j], size=11, line=dict(color="black", width=1))), 1, j + 1)
+        fig.update_xaxes(type="log", title="τ")
+        _layout(fig, f"temperature profile (uniformity of these embeddings: {u:.3f})", height=360)
+        return fig, (f"τ = {τ:.3g}: loss {prof['loss'][i]:.3f}, effective candidates {prof['effective_candidates'][i]:.1f}, "
+                     f"weight on the positive {prof['positive_weight'][i]:.3f}")
+    return explorer(render, live=live, τ=[(f"{t:.3g}", t) for t in temps])
+

@@ -1,0 +1,122 @@
+"""A real JupyterLab in headless Chromium: open a notebook, run it, move each explorer's control, see its figure change.
+
+The server runs on 127.0.0.1 (a free port, no token) over a temporary folder holding a copy of the notebook with the ci
+preset injected (so nothing under nbs/ is touched); the browser reaches nothing but that server. Screenshots of every
+explorer before and after the move go to `_build/ci/lab/`."""
+import json, os, shutil, socket, subprocess, sys, time, urllib.request
+from pathlib import Path
+import pytest
+from conftest import CI_RUN, ROOT
+
+pytestmark = pytest.mark.notebooks
+SHOTS = CI_RUN / "lab"
+
+# notebook -> how many explorers it shows; each is moved once
+EXPLORERS = {"viz.ipynb": 1}
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    "A JupyterLab server over a scratch folder; stopped at the end, whatever happens."
+    root = tmp_path_factory.mktemp("lab"); port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "CONTRASTLAB_PLAIN"}   # a real frontend: widgets live
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+                             "--IdentityProvider.token=", "--ServerApp.password=", f"--ServerApp.root_dir={root}",
+                             f"--LabApp.workspaces_dir={root / '.workspaces'}", "--LabApp.expose_app_in_browser=True", "--LabApp.extension_manager=readonly", "--allow-root"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            if proc.poll() is not None: pytest.fail(f"JupyterLab exited ({proc.returncode}):\n{(root / 'server.log').read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(base + "/api/status", timeout=2); break
+            except OSError: time.sleep(0.5)
+        else: pytest.fail(f"JupyterLab did not answer within 120 s:\n{(root / 'server.log').read_text()[-3000:]}")
+        yield root, base
+    finally:
+        proc.terminate()
+        try: proc.wait(15)
+        except subprocess.TimeoutExpired: proc.kill(); proc.wait()
+        log.close()
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium = shutil.which("chromium")
+    if chromium is None: pytest.fail("chromium is not installed; `make test` installs it (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, headless=True,
+                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                                    "--disable-sync", "--no-first-run"])
+        try: yield b
+        finally: b.close()
+
+def _stage(rel: str, root: Path) -> Path:
+    "Copy a notebook into the server's folder with the ci preset injected after its parameters cell (as papermill does)."
+    import nbformat
+    from papermill.parameterize import parameterize_notebook
+    nb = nbformat.read(ROOT / "nbs" / rel, as_version=4)
+    params = {}
+    if any("parameters" in c.metadata.get("tags", []) for c in nb.cells): params = dict(preset="ci", device="cpu")
+    nb = parameterize_notebook(nb, params) if params else nb
+    out = root / rel.replace("/", "__"); nbformat.write(nb, out)
+    return out
+
+def _errors(path: Path) -> list:
+    "Error outputs of a saved notebook."
+    nb = json.loads(path.read_text())
+    return [f"cell {i}: {o.get('ename')}: {o.get('evalue')}" for i, c in enumerate(nb["cells"]) for o in c.get("outputs", [])
+            if o.get("output_type") == "error"]
+
+def _move(page, box) -> str:
+    "Move the explorer's first control with the keyboard (slider), a pick (dropdown) or typing (text box); what was done."
+    handle, select, text = box.locator(".noUi-handle"), box.locator("select"), box.locator("input[type=text]")
+    if handle.count():
+        handle.first.focus(); page.keyboard.press("ArrowRight"); page.keyboard.press("ArrowRight"); return "slider → 2 steps right"
+    if select.count():
+        select.first.select_option(index=1); return "dropdown → second option"
+    text.first.fill(text.first.input_value() + " again"); text.first.press("Enter"); return "text box → edited"
+
+@pytest.mark.parametrize("rel", sorted(EXPLORERS))
+def test_explorers_in_jupyterlab(lab, browser, rel):
+    root, base = lab
+    path = _stage(rel, root)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport=dict(width=1400, height=1000))
+    page.route("**/*", lambda r: r.continue_() if r.request.url.startswith(base) else r.abort())   # nothing but the server
+    try:
+        page.goto(f"{base}/lab/tree/{path.name}", wait_until="domcontentloaded", timeout=120_000)
+        page.wait_for_function("window.jupyterapp && window.jupyterapp.shell.currentWidget && window.jupyterapp.shell.currentWidget.sessionContext"
+                               " && window.jupyterapp.shell.currentWidget.sessionContext.session && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel",
+                               timeout=120_000)
+        page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        boxes = page.locator(".contrastlab-explorer")
+        n = EXPLORERS[rel]
+        deadline = time.time() + 600
+        while boxes.count() < n or page.locator(".contrastlab-explorer .js-plotly-plot .main-svg").count() < n:
+            if time.time() > deadline: pytest.fail(f"{rel}: {boxes.count()} of {n} explorers drew within 600 s")
+            page.wait_for_timeout(1000)
+        page.wait_for_function("window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.status === 'idle'", timeout=600_000)
+        stem = Path(rel).stem
+        for k in range(n):
+            box = boxes.nth(k); box.scroll_into_view_if_needed()
+            readout = box.locator(".widget-html-content").last
+            before_text, before_svg = readout.inner_text(), box.locator(".js-plotly-plot .main-svg").first.inner_html()
+            box.screenshot(path=str(SHOTS / f"{stem}-{k}-before.png"))
+            action = _move(page, box)
+            page.wait_for_function("([el, t]) => el.innerText !== t", arg=[readout.element_handle(), before_text], timeout=60_000)
+            page.wait_for_timeout(500)                                               # the figure redraws after the readout
+            after_svg = box.locator(".js-plotly-plot .main-svg").first.inner_html()
+            box.screenshot(path=str(SHOTS / f"{stem}-{k}-after.png"))
+            assert after_svg != before_svg, f"{rel} explorer {k}: {action} changed the readout but not the figure"
+            assert "Error" not in readout.inner_text(), f"{rel} explorer {k}: {readout.inner_text()}"
+        assert page.get_by_text("Error displaying widget").count() == 0, f"{rel}: a widget failed to display"
+        page.evaluate("window.jupyterapp.commands.execute('docmanager:save')"); page.wait_for_timeout(1500)
+        errs = _errors(path)
+        assert not errs, f"{rel}: error outputs in JupyterLab: {errs}"
+    finally:
+        page.close()
