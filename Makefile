@@ -65,6 +65,7 @@ readme: export
 bench: export peers
 	$(BIN)/python bench/bench_losses.py
 	@if [ -f bench/bench_ot.py ]; then $(BIN)/python bench/bench_ot.py; fi
+	$(BIN)/python bench/bench_explorers.py
 
 gpu-test: export
 	@$(BIN)/python -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 'gpu-test needs a CUDA GPU (torch.cuda.is_available() is False)')"

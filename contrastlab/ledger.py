@@ -14,10 +14,10 @@ from .registry import get_paper, papers
 from .runner import project_root, save_results
 
 # %% auto #0
-__all__ = ['PROSE_MARK', 'NOT_HASHED', 'DEPENDS', 'VERDICTS', 'ledger_dir', 'notebook_code', 'imported_modules', 'code_hash',
-           'package_versions', 'device_info', 'git_commit', 'summarize', 'metric_values', 'verdict', 'evaluate_claims',
-           'check_effect', 'record', 'load_entry', 'stale_entries', 'figure', 'from_ledger', 'ledger_markdown',
-           'claims_report']
+__all__ = ['PROSE_MARK', 'EXPLORER_MARK', 'NOT_HASHED', 'DEPENDS', 'VERDICTS', 'ledger_dir', 'notebook_code', 'imported_modules',
+           'code_hash', 'package_versions', 'device_info', 'git_commit', 'summarize', 'metric_values', 'verdict',
+           'evaluate_claims', 'check_effect', 'record', 'load_entry', 'stale_entries', 'figure', 'from_ledger',
+           'ledger_markdown', 'claims_report']
 
 # %% ../nbs/ledger.ipynb #c006
 def ledger_dir()->Path:
@@ -26,14 +26,15 @@ def ledger_dir()->Path:
 
 # %% ../nbs/ledger.ipynb #c009
 PROSE_MARK = "# from the ledger"   # a leading comment of a code cell that only renders ledger figures into prose
+EXPLORER_MARK = "# explorer"       # a leading comment of a code cell, after the `record` cell, that only builds an explorer
 NOT_HASHED = ("contrastlab.ledger", "contrastlab.runner", "contrastlab.viz")
 
 # %% ../nbs/ledger.ipynb #c010
-def _is_prose(src:str)->bool:
-    "Whether the cell's leading comment lines (directives such as `#| echo: false` included) hold `PROSE_MARK`."
+def _unhashed(src:str)->bool:
+    "Whether the cell's leading comment lines (directives such as `#| echo: false` included) hold `PROSE_MARK` or `EXPLORER_MARK`."
     for line in src.splitlines():
         t = line.strip()
-        if t == PROSE_MARK: return True
+        if t in (PROSE_MARK, EXPLORER_MARK): return True
         if t and not t.startswith("#"): return False
     return False
 
@@ -41,12 +42,12 @@ def _is_prose(src:str)->bool:
 def notebook_code(
     notebook:str|Path, # a notebook file
 )->list[str]:
-    "The sources of `notebook`'s code cells, without the cells that only render prose from the ledger."
+    "The sources of `notebook`'s code cells, without the cells that only render prose from the ledger or build explorers."
     nb = json.loads(Path(notebook).read_text())
     out = []
     for c in nb["cells"]:
         src = "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
-        if c["cell_type"] == "code" and not _is_prose(src): out.append(src)
+        if c["cell_type"] == "code" and not _unhashed(src): out.append(src)
     return out
 
 # %% ../nbs/ledger.ipynb #c013

@@ -17,8 +17,8 @@ from .metrics import as_embeddings as _emb, as_labels as _labels, singular_value
 
 # %% auto #0
 __all__ = ['PALETTE', 'project_2d', 'embedding_map', 'embedding_maps', 'align_uniform_plane', 'singular_spectrum',
-           'similarity_heatmap', 'isotropy_histogram', 'training_curves', 'Text', 'explorer', 'temperature_profile',
-           'temperature_explorer']
+           'similarity_heatmap', 'isotropy_histogram', 'training_curves', 'Text', 'explorer', 'built_explorers',
+           'temperature_profile', 'temperature_explorer']
 
 # %% ../nbs/viz.ipynb #c005
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
@@ -212,28 +212,51 @@ def _states(opts, defaults, max_states):
     for n in names: states += [{**defaults, n: v} for _, v in opts[n][0] if v != defaults[n]]
     return states[:max_states]
 
-def _state_label(opts, state):
+def _state_label(opts, state, named=False):
     labels = [next(l for l, v in opts[n][0] if v is state[n] or v == state[n]) for n in opts]
-    return labels[0] if len(labels) == 1 else ", ".join(f"{n} = {l}" for n, l in zip(opts, labels))
+    return labels[0] if len(labels) == 1 and not named else ", ".join(f"{n} = {l}" for n, l in zip(opts, labels))
+
+def _wrap(text, width=110):
+    "`text` broken into lines of at most `width` characters at spaces, joined with <br> (plotly does not wrap titles)."
+    lines, cur = [], ""
+    for w in text.split(" "):
+        if cur and len(cur) + 1 + len(w) > width: lines.append(cur); cur = w
+        else: cur = f"{cur} {w}" if cur else w
+    return "<br>".join(lines + [cur])
+
+def _headline(fig, text):
+    "The kernel-free title of a state: the figure's own title with the readout under it, and the top margin that fits them."
+    own = fig.layout.title.text or ""
+    body = _wrap(text) if text and text != own else ""
+    title = own + (f"<br><span style='font-size:12px'>{body}</span>" if own and body else body)
+    return title, 50 + 20 * (title.count("<br>") + 1)
 
 def _kernel_free(render, opts, defaults, max_states):
-    "One figure holding every precomputed state, and a plotly slider that switches between them (no kernel needed)."
+    """One figure holding every precomputed state and a control that switches between them without a kernel: a plotly slider
+    for a single numeric control, else a dropdown menu of the states (one slider cannot label combinations legibly)."""
     states = _states(opts, defaults, max_states)
     first = next((i for i, s in enumerate(states) if s == defaults), 0)
-    figs = [_rendered(render, s) for s in states]
+    figs, seconds = [], []
+    for s in states:
+        t0 = time.perf_counter(); figs.append(_rendered(render, s)); seconds.append(time.perf_counter() - t0)
     out = go.Figure(layout=figs[first][0].layout)
     owner = []
     for i, (f, _) in enumerate(figs):
         for t in f.data: out.add_trace(t); owner.append(i)
+    slider = len(opts) == 1 and next(iter(opts.values()))[2] == "slider"
     steps = []
     for i, (f, text) in enumerate(figs):
-        steps.append(dict(method="update", label=_state_label(opts, states[i]),
+        title, top = _headline(f, text)
+        steps.append(dict(method="update", label=_state_label(opts, states[i], named=not slider),
                           args=[{"visible": [o == i for o in owner]},
-                                {"title.text": text, "shapes": list(f.layout.shapes), "annotations": list(f.layout.annotations)}]))
+                                {"title.text": title, "title.y": 1, "title.yanchor": "top", "title.pad.t": 12, "margin.t": top, "shapes": list(f.layout.shapes), "annotations": list(f.layout.annotations)}]))
     for t, o in zip(out.data, owner): t.visible = o == first
-    out.update_layout(title_text=figs[first][1], margin=dict(b=90),
-                      sliders=[dict(active=first, steps=steps, pad=dict(t=50), currentvalue=dict(prefix=" · ".join(opts) + ": "))])
-    return out
+    title, top = _headline(figs[first][0], figs[first][1])
+    out.update_layout(title=dict(text=title, y=1, yanchor="top", pad=dict(t=12)), margin=dict(t=top, b=90))
+    if slider: out.update_layout(sliders=[dict(active=first, steps=steps, pad=dict(t=50), currentvalue=dict(prefix=" · ".join(opts) + ": "))])
+    else: out.update_layout(updatemenus=[dict(type="dropdown", direction="up", active=first, buttons=steps, showactive=True,
+                                              x=0, xanchor="left", y=0, yanchor="top", pad=dict(t=45))])
+    return out, seconds
 
 def _refresh(fw, fig):
     "Redraw a FigureWidget in place with another figure's traces and layout."
@@ -246,6 +269,8 @@ def _refresh(fw, fig):
             for a, b in zip(fw.data, fig.data):
                 a.update({k: v for k, v in b.to_plotly_json().items() if k not in ("type", "uid")}, overwrite=True)
         fw.layout.update(fig.layout.to_plotly_json(), overwrite=True)
+
+_BUILT = []      # every explorer built in this process: see `built_explorers`
 
 def _widgets_live() -> bool:
     "True inside an IPython kernel with a frontend (not under `contrastlab run`/docs, which set CONTRASTLAB_PLAIN)."
@@ -273,7 +298,12 @@ def explorer(
     for n, v in (defaults or {}).items():
         if n not in opts: raise ValueError(f"explorer: default for {n!r}, which is not a control (controls: {list(opts)})")
         vals[n] = v
-    if not (_widgets_live() if live is None else live): return _kernel_free(render, opts, vals, max_states)
+    built = dict(title=title, render=render, controls=controls, defaults=dict(vals), live=None, seconds=[])
+    _BUILT.append(built)
+    if not (_widgets_live() if live is None else live):
+        fig, built["seconds"] = _kernel_free(render, opts, vals, max_states)
+        return fig
+    built["live"] = True
     import ipywidgets as W
     fig, text = _rendered(render, vals)
     fw = go.FigureWidget(fig)
@@ -294,10 +324,16 @@ def explorer(
         except Exception as e:
             readout.value = f"<span style='color:#d62728'>{type(e).__name__}: {e}</span>"
             raise
-        finally: box.latencies.append(time.perf_counter() - t0)
+        finally: box.latencies.append(time.perf_counter() - t0); built["seconds"] = box.latencies
     for w in widgets.values(): w.observe(update, names="value")
     return box
 
+
+def built_explorers()->list:
+    """The explorers built in this process, oldest first: dicts of `title`, `render`, `controls`, `defaults`, `live` and `seconds`
+    (the time of each precomputed state, or of each live redraw). `explorer(e['render'], live=True, defaults=e['defaults'],
+    **e['controls'])` reopens one live; `make bench` times them that way."""
+    return list(_BUILT)
 
 # %% ../nbs/viz.ipynb #c026
 def temperature_profile(

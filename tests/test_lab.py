@@ -1,8 +1,9 @@
 """A real JupyterLab in headless Chromium: open a notebook, run it, move each explorer's control, see its figure change.
 
-The server runs on 127.0.0.1 (a free port, no token) over a temporary folder holding a copy of the notebook with the ci
-preset injected (so nothing under nbs/ is touched); the browser reaches nothing but that server. Screenshots of every
-explorer before and after the move go to `_build/ci/lab/`."""
+The server runs on 127.0.0.1 (a free port, no token) over a scratch project (a `pyproject.toml` and `nbs/`) holding a copy of
+the notebook with the ci preset injected, so nothing under the real nbs/ is touched; the committed ledger is read, never
+written. The browser reaches nothing but that server. Screenshots of every explorer before and after the move go to
+`_build/ci/lab/`."""
 import json, os, shutil, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pytest
@@ -12,7 +13,10 @@ pytestmark = pytest.mark.notebooks
 SHOTS = CI_RUN / "lab"
 
 # notebook -> how many explorers it shows; each is moved once
-EXPLORERS = {"viz.ipynb": 1}
+EXPLORERS = {"viz.ipynb": 1, "methods/simclr.ipynb": 2, "methods/laf.ipynb": 1, "methods/sepclr.ipynb": 1,
+             "methods/hydra.ipynb": 1, "methods/beclr.ipynb": 1, "methods/aro.ipynb": 1}
+TYPED = {"methods/aro.ipynb": "a blue square above a red circle"}     # what the test types into a text box
+PROGRESS = {"methods/simclr.ipynb"}                                   # notebooks whose training shows tqdm bars (as widgets here)
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -23,6 +27,8 @@ def lab(tmp_path_factory):
     "A JupyterLab server over a scratch folder; stopped at the end, whatever happens."
     root = tmp_path_factory.mktemp("lab"); port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "CONTRASTLAB_PLAIN"}   # a real frontend: widgets live
+    env.update(CONTRASTLAB_LEDGER=str(ROOT / "ledger"), CONTRASTLAB_RESULTS=str(root / "results"))
+    (root / "pyproject.toml").write_text("[project]\nname = 'lab-scratch'\n")
     log = open(root / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
                              "--IdentityProvider.token=", "--ServerApp.password=", f"--ServerApp.root_dir={root}",
@@ -63,7 +69,7 @@ def _stage(rel: str, root: Path) -> Path:
     params = {}
     if any("parameters" in c.metadata.get("tags", []) for c in nb.cells): params = dict(preset="ci", device="cpu")
     nb = parameterize_notebook(nb, params) if params else nb
-    out = root / rel.replace("/", "__"); nbformat.write(nb, out)
+    out = root / "nbs" / rel; out.parent.mkdir(parents=True, exist_ok=True); nbformat.write(nb, out)
     return out
 
 def _errors(path: Path) -> list:
@@ -72,14 +78,14 @@ def _errors(path: Path) -> list:
     return [f"cell {i}: {o.get('ename')}: {o.get('evalue')}" for i, c in enumerate(nb["cells"]) for o in c.get("outputs", [])
             if o.get("output_type") == "error"]
 
-def _move(page, box) -> str:
+def _move(page, box, typed=None) -> str:
     "Move the explorer's first control with the keyboard (slider), a pick (dropdown) or typing (text box); what was done."
     handle, select, text = box.locator(".noUi-handle"), box.locator("select"), box.locator("input[type=text]")
     if handle.count():
         handle.first.focus(); page.keyboard.press("ArrowRight"); page.keyboard.press("ArrowRight"); return "slider → 2 steps right"
     if select.count():
         select.first.select_option(index=1); return "dropdown → second option"
-    text.first.fill(text.first.input_value() + " again"); text.first.press("Enter"); return "text box → edited"
+    text.first.fill(typed or text.first.input_value() + " again"); text.first.press("Enter"); return f"text box → {typed!r}"
 
 @pytest.mark.parametrize("rel", sorted(EXPLORERS))
 def test_explorers_in_jupyterlab(lab, browser, rel):
@@ -89,7 +95,7 @@ def test_explorers_in_jupyterlab(lab, browser, rel):
     page = browser.new_page(viewport=dict(width=1400, height=1000))
     page.route("**/*", lambda r: r.continue_() if r.request.url.startswith(base) else r.abort())   # nothing but the server
     try:
-        page.goto(f"{base}/lab/tree/{path.name}", wait_until="domcontentloaded", timeout=120_000)
+        page.goto(f"{base}/lab/tree/{path.relative_to(root).as_posix()}", wait_until="domcontentloaded", timeout=120_000)
         page.wait_for_function("window.jupyterapp && window.jupyterapp.shell.currentWidget && window.jupyterapp.shell.currentWidget.sessionContext"
                                " && window.jupyterapp.shell.currentWidget.sessionContext.session && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel",
                                timeout=120_000)
@@ -107,7 +113,7 @@ def test_explorers_in_jupyterlab(lab, browser, rel):
             readout = box.locator(".widget-html-content").last
             before_text, before_svg = readout.inner_text(), box.locator(".js-plotly-plot .main-svg").first.inner_html()
             box.screenshot(path=str(SHOTS / f"{stem}-{k}-before.png"))
-            action = _move(page, box)
+            action = _move(page, box, TYPED.get(rel))
             page.wait_for_function("([el, t]) => el.innerText !== t", arg=[readout.element_handle(), before_text], timeout=60_000)
             page.wait_for_timeout(500)                                               # the figure redraws after the readout
             after_svg = box.locator(".js-plotly-plot .main-svg").first.inner_html()
@@ -115,6 +121,8 @@ def test_explorers_in_jupyterlab(lab, browser, rel):
             assert after_svg != before_svg, f"{rel} explorer {k}: {action} changed the readout but not the figure"
             assert "Error" not in readout.inner_text(), f"{rel} explorer {k}: {readout.inner_text()}"
         assert page.get_by_text("Error displaying widget").count() == 0, f"{rel}: a widget failed to display"
+        if rel in PROGRESS:
+            assert page.locator(".widget-progress").count() > 0, f"{rel}: training ran without a tqdm progress widget"
         page.evaluate("window.jupyterapp.commands.execute('docmanager:save')"); page.wait_for_timeout(1500)
         errs = _errors(path)
         assert not errs, f"{rel}: error outputs in JupyterLab: {errs}"

@@ -5,7 +5,7 @@ from pathlib import Path
 import nbformat, pytest
 from contrastlab import ledger
 from contrastlab.ledger import (check_effect, code_hash, load_entry, record, stale_entries, summarize, verdict, claims_report,
-                                ledger_markdown, metric_values, from_ledger, PROSE_MARK)
+                                ledger_markdown, metric_values, from_ledger, PROSE_MARK, EXPLORER_MARK)
 from contrastlab.registry import papers, Claim
 from conftest import ROOT
 
@@ -61,9 +61,24 @@ def test_stale_when_code_changes_not_when_prose_does(tmp_path, monkeypatch):
     assert stale_entries() == []
     nb.cells[1].source = nb.cells[1].source.replace("acc {acc}", "accuracy {acc:.1%}"); nbformat.write(nb, path)
     assert stale_entries() == [], "editing a prose-from-the-ledger cell must not make the entry stale"
+    nb.cells.append(nbformat.v4.new_code_cell(f"{EXPLORER_MARK}\nexplorer(lambda k: None, k=[1, 2])")); nbformat.write(nb, path)
+    assert stale_entries() == [], "adding an explorer cell must not make the entry stale"
     nb.cells[0].source = "x = 2"; nbformat.write(nb, path)
     assert stale_entries() == ["scratch"], "editing a code cell must make the entry stale"
     assert "Stale" in from_ledger("scratch", "acc {acc}").data
+
+NOTEBOOKS = sorted((ROOT / "nbs").rglob("*.ipynb"))
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[str(p.relative_to(ROOT / "nbs")) for p in NOTEBOOKS])
+def test_explorer_cells_come_after_the_record_cell(path):
+    "An explorer cell is not hashed, so it may only come after every cell that computes what the ledger records."
+    cells = [c.source for c in nbformat.read(path, 4).cells if c.cell_type == "code"]
+    marked = [i for i, s in enumerate(cells) if ledger._unhashed(s) and EXPLORER_MARK in s.splitlines()[:3]]
+    if not marked: return
+    rec = [i for i, s in enumerate(cells) if "record(" in s and not ledger._unhashed(s)]
+    assert rec, f"{path.name} has explorer cells but no record cell"
+    assert min(marked) > max(rec), f"{path.name}: explorer cell {min(marked)} comes before the record cell {max(rec)}"
+    assert all(ledger._unhashed(s) for s in cells[min(marked):]), f"{path.name}: a hashed code cell follows the explorer cells"
 
 def test_hash_follows_module_imports():
     h = code_hash(ROOT / "nbs" / "methods" / "simclr.ipynb")
