@@ -66,6 +66,8 @@ def _stage(rel: str, root: Path) -> Path:
     import nbformat
     from papermill.parameterize import parameterize_notebook
     nb = nbformat.read(ROOT / "nbs" / rel, as_version=4)
+    for c in nb.cells: c.metadata.setdefault("tags", [])             # papermill reads every cell's tags
+    nb.metadata.setdefault("papermill", {})
     params = {}
     if any("parameters" in c.metadata.get("tags", []) for c in nb.cells): params = dict(preset="ci", device="cpu")
     nb = parameterize_notebook(nb, params) if params else nb
@@ -82,7 +84,10 @@ def _move(page, box, typed=None) -> str:
     "Move the explorer's first control with the keyboard (slider), a pick (dropdown) or typing (text box); what was done."
     handle, select, text = box.locator(".noUi-handle"), box.locator("select"), box.locator("input[type=text]")
     if handle.count():
-        handle.first.focus(); page.keyboard.press("ArrowRight"); page.keyboard.press("ArrowRight"); return "slider → 2 steps right"
+        h = handle.first; h.focus()
+        at_end = h.get_attribute("aria-valuenow") == h.get_attribute("aria-valuemax")   # the default may sit at the right end
+        key = "ArrowLeft" if at_end else "ArrowRight"
+        page.keyboard.press(key); page.keyboard.press(key); return f"slider → 2 × {key}"
     if select.count():
         select.first.select_option(index=1); return "dropdown → second option"
     text.first.fill(typed or text.first.input_value() + " again"); text.first.press("Enter"); return f"text box → {typed!r}"
@@ -95,19 +100,25 @@ def test_explorers_in_jupyterlab(lab, browser, rel):
     page = browser.new_page(viewport=dict(width=1400, height=1000))
     page.route("**/*", lambda r: r.continue_() if r.request.url.startswith(base) else r.abort())   # nothing but the server
     try:
-        page.goto(f"{base}/lab/tree/{path.relative_to(root).as_posix()}", wait_until="domcontentloaded", timeout=120_000)
+        stem = Path(rel).stem                # a workspace of its own, reset: no notebook of an earlier test is restored beside it
+        page.goto(f"{base}/lab/workspaces/{stem}/tree/{path.relative_to(root).as_posix()}?reset", wait_until="domcontentloaded", timeout=120_000)
         page.wait_for_function("window.jupyterapp && window.jupyterapp.shell.currentWidget && window.jupyterapp.shell.currentWidget.sessionContext"
                                " && window.jupyterapp.shell.currentWidget.sessionContext.session && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel",
                                timeout=120_000)
         page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
-        boxes = page.locator(".contrastlab-explorer")
+        panel = page.locator("#" + page.evaluate("window.jupyterapp.shell.currentWidget.id"))     # this notebook's panel only
+        boxes = panel.locator(".contrastlab-explorer")
         n = EXPLORERS[rel]
-        deadline = time.time() + 600
-        while boxes.count() < n or page.locator(".contrastlab-explorer .js-plotly-plot .main-svg").count() < n:
+        deadline, idle_since = time.time() + 600, None
+        status = "window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.status"
+        while boxes.count() < n or panel.locator(".contrastlab-explorer .js-plotly-plot .main-svg").count() < n:
             if time.time() > deadline: pytest.fail(f"{rel}: {boxes.count()} of {n} explorers drew within 600 s")
+            idle_since = (idle_since or time.time()) if page.evaluate(status) == "idle" else None
+            if idle_since and time.time() - idle_since > 20:                     # the run stopped (an error) before the explorers
+                page.evaluate("window.jupyterapp.commands.execute('docmanager:save')"); page.wait_for_timeout(1500)
+                pytest.fail(f"{rel}: the kernel went idle with {boxes.count()} of {n} explorers drawn; errors: {_errors(path)}")
             page.wait_for_timeout(1000)
-        page.wait_for_function("window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.status === 'idle'", timeout=600_000)
-        stem = Path(rel).stem
+        page.wait_for_function(f"{status} === 'idle'", timeout=600_000)
         for k in range(n):
             box = boxes.nth(k); box.scroll_into_view_if_needed()
             readout = box.locator(".widget-html-content").last
@@ -120,11 +131,17 @@ def test_explorers_in_jupyterlab(lab, browser, rel):
             box.screenshot(path=str(SHOTS / f"{stem}-{k}-after.png"))
             assert after_svg != before_svg, f"{rel} explorer {k}: {action} changed the readout but not the figure"
             assert "Error" not in readout.inner_text(), f"{rel} explorer {k}: {readout.inner_text()}"
-        assert page.get_by_text("Error displaying widget").count() == 0, f"{rel}: a widget failed to display"
-        if rel in PROGRESS:
-            assert page.locator(".widget-progress").count() > 0, f"{rel}: training ran without a tqdm progress widget"
+        broken = panel.locator(".jp-Cell").filter(has_text="Error displaying widget")
+        if broken.count():
+            broken.first.screenshot(path=str(SHOTS / f"{stem}-widget-error.png"))
+            cells = [broken.nth(i).locator(".jp-InputArea").inner_text()[:120] for i in range(broken.count())]
+            pytest.fail(f"{rel}: widgets failed to display in {len(cells)} cell(s): {cells}")
         page.evaluate("window.jupyterapp.commands.execute('docmanager:save')"); page.wait_for_timeout(1500)
         errs = _errors(path)
         assert not errs, f"{rel}: error outputs in JupyterLab: {errs}"
+        if rel in PROGRESS:                    # tqdm.auto draws ipywidgets progress bars here (plain lines under papermill)
+            assert panel.locator(".widget-hprogress").count() > 0, f"{rel}: training ran without a tqdm progress widget"
     finally:
+        try: page.evaluate("window.jupyterapp.serviceManager.sessions.shutdownAll()")   # each kernel holds a notebook's models
+        except Exception: pass                                                          # the page never loaded: nothing runs
         page.close()
