@@ -16,7 +16,7 @@ from .core import check_choice
 from .metrics import as_embeddings as _emb, as_labels as _labels, singular_values, uniformity
 
 # %% auto #0
-__all__ = ['PALETTE', 'project_2d', 'embedding_map', 'embedding_maps', 'align_uniform_plane', 'singular_spectrum',
+__all__ = ['PALETTE', 'MENU_STATES', 'project_2d', 'embedding_map', 'embedding_maps', 'align_uniform_plane', 'singular_spectrum',
            'similarity_heatmap', 'isotropy_histogram', 'training_curves', 'Text', 'explorer', 'built_explorers',
            'temperature_profile', 'temperature_explorer']
 
@@ -231,9 +231,12 @@ def _headline(fig, text):
     title = own + (f"<br><span style='font-size:12px'>{body}</span>" if own and body else body)
     return title, 50 + 20 * (title.count("<br>") + 1)
 
+MENU_STATES = 8     # at most this many states go in a dropdown menu (a longer list would not fit over the figure)
+
 def _kernel_free(render, opts, defaults, max_states):
     """One figure holding every precomputed state and a control that switches between them without a kernel: a plotly slider
-    for a single numeric control, else a dropdown menu of the states (one slider cannot label combinations legibly)."""
+    (for one numeric control, or for more than `MENU_STATES` states, its tick labels hidden and the state named above it),
+    else a dropdown menu of the states."""
     states = _states(opts, defaults, max_states)
     first = next((i for i, s in enumerate(states) if s == defaults), 0)
     figs, seconds = [], []
@@ -243,17 +246,21 @@ def _kernel_free(render, opts, defaults, max_states):
     owner = []
     for i, (f, _) in enumerate(figs):
         for t in f.data: out.add_trace(t); owner.append(i)
-    slider = len(opts) == 1 and next(iter(opts.values()))[2] == "slider"
+    plain = len(opts) == 1 and next(iter(opts.values()))[2] == "slider"      # one numeric control: a slider with its values
     steps = []
     for i, (f, text) in enumerate(figs):
         title, top = _headline(f, text)
-        steps.append(dict(method="update", label=_state_label(opts, states[i], named=not slider),
+        steps.append(dict(method="update", label=_state_label(opts, states[i], named=not plain),
                           args=[{"visible": [o == i for o in owner]},
-                                {"title.text": title, "title.y": 1, "title.yanchor": "top", "title.pad.t": 12, "margin.t": top, "shapes": list(f.layout.shapes), "annotations": list(f.layout.annotations)}]))
+                                {"title.text": title, "title.y": 1, "title.yanchor": "top", "title.pad.t": 12, "margin.t": top,
+                                 "shapes": list(f.layout.shapes), "annotations": list(f.layout.annotations)}]))
     for t, o in zip(out.data, owner): t.visible = o == first
     title, top = _headline(figs[first][0], figs[first][1])
     out.update_layout(title=dict(text=title, y=1, yanchor="top", pad=dict(t=12)), margin=dict(t=top, b=90))
-    if slider: out.update_layout(sliders=[dict(active=first, steps=steps, pad=dict(t=50), currentvalue=dict(prefix=" · ".join(opts) + ": "))])
+    if plain or len(states) > MENU_STATES:
+        hide = {} if plain else dict(font=dict(color="rgba(0,0,0,0)"))      # combined states: named above the slider only
+        out.update_layout(sliders=[dict(active=first, steps=steps, pad=dict(t=50), **hide,
+                                        currentvalue=dict(prefix=" · ".join(opts) + ": " if plain else "", font=dict(color="#444")))])
     else: out.update_layout(updatemenus=[dict(type="dropdown", direction="up", active=first, buttons=steps, showactive=True,
                                               x=0, xanchor="left", y=0, yanchor="top", pad=dict(t=45))])
     return out, seconds

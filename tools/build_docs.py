@@ -42,6 +42,21 @@ def vendor_katex(site: Path) -> bool:
     print(f"docs: KaTeX served from the site on {n} page(s)")
     return True
 
+def keep_executed_outputs(stage: Path) -> int:
+    """Mark the staged notebooks' explorer and prose-from-the-ledger cells `eval: false` for nbdev, which re-executes cells that
+    import something while it processes the docs, in a fresh kernel without the run's state (trained models, sweep tables):
+    their executed outputs are kept instead."""
+    import nbformat
+    from contrastlab.ledger import _unhashed
+    n = 0
+    for path in stage.rglob("*.ipynb"):
+        nb = nbformat.read(path, as_version=4); hit = False
+        for c in nb.cells:
+            if c.cell_type == "code" and _unhashed(c.source):
+                c.source = "#| eval: false\n" + c.source; hit = True; n += 1
+        if hit: nbformat.write(nb, path)
+    return n
+
 def build(executed: Path, out: Path) -> Path:
     stage = ROOT / "_build" / "docs_nbs"
     if stage.exists(): shutil.rmtree(stage)
@@ -51,6 +66,7 @@ def build(executed: Path, out: Path) -> Path:
         dest = stage / nb.relative_to(executed)
         if dest.exists(): shutil.copy(nb, dest); n += 1
     print(f"docs: {n} executed notebook(s) from {executed}")
+    print(f"docs: {keep_executed_outputs(stage)} explorer and ledger-prose cell(s) kept as executed")
     bindir = Path(sys.executable).parent
     proc = ROOT / "_proc"
     if proc.exists(): shutil.rmtree(proc)
