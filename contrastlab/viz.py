@@ -384,5 +384,5 @@ def temperature_explorer(
         _layout(fig, f"temperature profile (uniformity of these embeddings: {u:.3f})", height=360)
         return fig, (f"τ = {τ:.3g}: loss {prof['loss'][i]:.3f}, effective candidates {prof['effective_candidates'][i]:.1f}, "
                      f"weight on the positive {prof['positive_weight'][i]:.3f}")
-    return explorer(render, live=live, τ=[(f"{t:.3g}", t) for t in temps])
+    return explorer(render, "InfoNCE: the temperature τ", live=live, τ=[(f"{t:.3g}", t) for t in temps])
 
