@@ -247,16 +247,15 @@ def _kernel_free(render, opts, defaults, max_states):
     for i, (f, _) in enumerate(figs):
         for t in f.data: out.add_trace(t); owner.append(i)
     plain = len(opts) == 1 and next(iter(opts.values()))[2] == "slider"      # one numeric control: a slider with its values
+    heads = [_headline(f, text) for f, text in figs]
     steps = []
-    for i, (f, text) in enumerate(figs):
-        title, top = _headline(f, text)
+    for i, ((f, _), (title, top)) in enumerate(zip(figs, heads)):
         steps.append(dict(method="update", label=_state_label(opts, states[i], named=not plain),
                           args=[{"visible": [o == i for o in owner]},
                                 {"title.text": title, "title.y": 1, "title.yanchor": "top", "title.pad.t": 12, "margin.t": top,
                                  "shapes": list(f.layout.shapes), "annotations": list(f.layout.annotations)}]))
     for t, o in zip(out.data, owner): t.visible = o == first
-    title, top = _headline(figs[first][0], figs[first][1])
-    out.update_layout(title=dict(text=title, y=1, yanchor="top", pad=dict(t=12)), margin=dict(t=top, b=90))
+    out.update_layout(title=dict(text=heads[first][0], y=1, yanchor="top", pad=dict(t=12)), margin=dict(t=heads[first][1], b=90))
     if plain or len(states) > MENU_STATES:
         hide = {} if plain else dict(font=dict(color="rgba(0,0,0,0)"))      # combined states: named above the slider only
         out.update_layout(sliders=[dict(active=first, steps=steps, pad=dict(t=50), **hide,
@@ -323,6 +322,7 @@ def explorer(
     box = W.VBox(([W.HTML(f"<b>{title}</b>")] if title else []) + list(widgets.values()) + [readout, fw])
     box.add_class("contrastlab-explorer")      # how the JupyterLab test finds it
     box.figure, box.readout, box.controls, box.latencies = fw, readout, widgets, []
+    built["seconds"] = box.latencies
     def update(change=None):
         t0 = time.perf_counter()
         try:
@@ -331,7 +331,7 @@ def explorer(
         except Exception as e:
             readout.value = f"<span style='color:#d62728'>{type(e).__name__}: {e}</span>"
             raise
-        finally: box.latencies.append(time.perf_counter() - t0); built["seconds"] = box.latencies
+        finally: box.latencies.append(time.perf_counter() - t0)
     for w in widgets.values(): w.observe(update, names="value")
     return box
 

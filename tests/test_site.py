@@ -30,13 +30,9 @@ def test_index_lists_every_registered_paper(site):
 
 @pytest.mark.notebooks
 def test_simclr_page_draws_plotly_offline(site):
-    chromium = shutil.which("chromium")
-    if chromium is None: pytest.fail("chromium is not installed; `make test` installs it (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                                          "--disable-component-update", "--disable-sync", "--no-first-run"])
+        browser = _chromium_offline(p)
         ctx = browser.new_context(offline=True)
         requests = []
         page = ctx.new_page(); page.on("request", lambda r: requests.append(r.url))
