@@ -4,6 +4,7 @@ Checked on the generated modules and on the notebooks' code cells (a paper noteb
 import ast, json
 from pathlib import Path
 import pytest
+from contrastlab.registry import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_PKGS = ("methods", "zoo")
@@ -54,9 +55,25 @@ def test_no_module_breaks_the_rule():
     bad = [v for f, mod in _modules() for v in violations(f.read_text(), mod)]
     assert not bad, "\n".join(bad)
 
+
+def gallery_violations(source: str, module: str) -> list:
+    "A family's gallery (`nbs/zoo/<family>.ipynb`) compares the family's zoo papers, so it may import them; it exports nothing and imports no method."
+    bad = [f"{module} exports a module: a gallery only compares papers"] if "default_exp" in source else []
+    return bad + [f"{module} imports {t}: a gallery compares zoo papers, not methods" for t in sorted(imports_of(source, module))
+                  if (_paper(t) or "").startswith("methods.")]
+
+def _is_gallery(module: str) -> bool: return module.startswith("contrastlab.zoo.") and module.rsplit(".", 1)[1] in FAMILIES
+
 def test_no_notebook_breaks_the_rule():
-    bad = [f"{f.relative_to(ROOT)}: {v}" for f, mod, src in _notebooks() for v in violations(src, mod)]
+    bad = [f"{f.relative_to(ROOT)}: {v}" for f, mod, src in _notebooks()
+           for v in (gallery_violations(src, mod) if _is_gallery(mod) else violations(src, mod))]
     assert not bad, "\n".join(bad)
+
+def test_the_gallery_rule():
+    assert not gallery_violations("from contrastlab.zoo.dcl import train_dcl\nfrom contrastlab.zoo.swav import train_swav", "contrastlab.zoo.vision")
+    assert gallery_violations("from contrastlab.methods.simclr import train_simclr", "contrastlab.zoo.vision")
+    assert gallery_violations("#| default_exp zoo.vision", "contrastlab.zoo.vision")
+    assert violations("from contrastlab.zoo.dcl import train_dcl", "contrastlab.zoo.swav"), "a paper is not a gallery"
 
 @pytest.mark.parametrize("module,source", [
     ("contrastlab.losses.named", "from contrastlab.methods.hydra import hydra_loss"),       # a layer imports a paper
