@@ -16,8 +16,8 @@ from .runner import project_root, save_results
 # %% auto #0
 __all__ = ['PROSE_MARK', 'EXPLORER_MARK', 'NOT_HASHED', 'DEPENDS', 'VERDICTS', 'ledger_dir', 'notebook_code', 'imported_modules',
            'code_hash', 'package_versions', 'device_info', 'git_commit', 'summarize', 'metric_values', 'verdict',
-           'evaluate_claims', 'check_effect', 'record', 'load_entry', 'stale_entries', 'figure', 'from_ledger',
-           'ledger_markdown', 'claims_report']
+           'evaluate_claims', 'check_effect', 'record', 'read_record', 'load_entry', 'stale_entries', 'figure',
+           'from_ledger', 'ledger_markdown', 'claims_report']
 
 # %% ../nbs/ledger.ipynb #c006
 def ledger_dir()->Path:
@@ -279,6 +279,19 @@ def record(
     return path
 
 # %% ../nbs/ledger.ipynb #c049
+def read_record(
+    path:str|Path, # a ledger entry or a results file (JSON)
+    keys:tuple=(), # fields it must have
+)->dict:
+    "The JSON record at `path`; a `ValueError` naming the file when it is not valid JSON, not an object, or lacks one of `keys`."
+    path = Path(path)
+    try: rec = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ValueError(f"{path} is not a valid JSON record: {e}") from None
+    if not isinstance(rec, dict): raise ValueError(f"{path} must hold a JSON object, got {type(rec).__name__}")
+    missing = [k for k in keys if k not in rec]
+    if missing: raise ValueError(f"{path} lacks the field(s) {missing}; it has {sorted(rec)}")
+    return rec
+
 def load_entry(
     name:str, # an entry's name
 )->dict:
@@ -287,7 +300,7 @@ def load_entry(
     if not path.exists():
         have = sorted(p.stem for p in ledger_dir().glob("*.json"))
         raise FileNotFoundError(f"no ledger entry {name!r} in {ledger_dir().name}/ (it holds {have}); run its notebook with preset full")
-    e = json.loads(path.read_text())
+    e = read_record(path, ("notebook", "code", "per_seed"))
     nb = project_root() / "nbs" / e["notebook"]
     e["stale"] = (not nb.exists()) or code_hash(nb)["hash"] != e["code"]["hash"]
     return e
@@ -364,7 +377,7 @@ def claims_report(
     if not files: return f"(no results in {folder})"
     lines = [f"{'notebook':<10} {'claim':<64} {'ours':>22}  verdict", "-" * 110]
     for f in files:
-        rec = json.loads(f.read_text())
+        rec = read_record(f, ("name", "preset", "seed"))
         claims = rec.get("claims") or []
         head = f"{rec['name']:<10}"
         if not claims:

@@ -71,12 +71,13 @@ def results_table(
     max_rows_per_result:int=40, # rows shown per result file
 )->str:
     "A plain-text table of the scalar metrics of every `*.json` in `folder`."
+    from contrastlab.ledger import read_record
     folder = Path(folder or results_dir())
     files = sorted(folder.glob("*.json"))
     if not files: return f"(no results in {folder})"
     lines = [f"{'result':<12} {'metric':<48} {'value':>12}", "-" * 74]
     for f in files:
-        rec = json.loads(f.read_text())
+        rec = read_record(f, ("name", "preset", "seed", "wall_time_s", "metrics"))
         head = f"{rec['name']} [{rec['preset']}, seed {rec['seed']}, {rec['wall_time_s']:.0f}s]"
         lines.append(head)
         flat = _flatten(rec["metrics"])
@@ -185,6 +186,10 @@ def run_notebooks(
 )->tuple[Path,list]:
     "Run notebooks into `out` (default `runs/<timestamp>`); return the folder and a list of failures."
     notebooks = [Path(n) for n in (notebooks or default_notebooks())]
+    if params and len(notebooks) > 1:   # a parameter no notebook declares is a typo, not a choice
+        declared = set().union(*(notebook_parameters(nb) for nb in notebooks))
+        unknown = sorted(set(params) - declared)
+        if unknown: raise ValueError(f"no notebook declares the parameter(s) {unknown}; together they declare {sorted(declared)}")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(out or project_root() / "runs" / stamp)
     os.environ["CONTRASTLAB_RESULTS"] = str((out / "results").resolve())
@@ -223,7 +228,9 @@ def main(
     a = ap.parse_args(argv)
     from .ledger import claims_report
     if a.cmd == "results":
-        print(results_table(a.folder) if a.all else claims_report(a.folder or results_dir())); return 0
+        try: print(results_table(a.folder) if a.all else claims_report(a.folder or results_dir()))
+        except ValueError as e: print(f"contrastlab: error: {e}", file=sys.stderr); return 2
+        return 0
     params = {k: _coerce(v) for k, v in a.param}
     try:
         out, failures = run_notebooks(a.notebooks or None, a.preset, params, a.out, keep_going=not a.stop_on_failure)

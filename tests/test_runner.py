@@ -16,6 +16,24 @@ def test_unknown_parameter_is_an_error(tmp_path):
     with pytest.raises(ValueError, match=r"has no parameter\(s\) \['typo'\]"):
         run_notebook(nb, tmp_path / "out", params={"typo": 3})
 
+def test_misspelt_parameter_of_several_notebooks_is_an_error(tmp_path):
+    "Regression (hardening issue): with several notebooks a parameter none of them declares was dropped silently."
+    a, b = _nb(tmp_path / "a.ipynb", ["y = x"]), _nb(tmp_path / "b.ipynb", ["y = 1"], params="preset = 'full'\nseed = 0")
+    from contrastlab.runner import run_notebooks
+    with pytest.raises(ValueError, match=r"no notebook declares the parameter\(s\) \['seeed'\]; together they declare \['preset', 'seed', 'x'\]"):
+        run_notebooks([a, b], params={"seeed": 1}, out=tmp_path / "out")
+    assert not (tmp_path / "out").exists(), "nothing may run before the parameters are checked"
+
+def test_results_on_a_corrupt_file_names_it(tmp_path, capsys):
+    "Regression (hardening issue): `contrastlab results` on a corrupt JSON ended in a traceback without the file's name."
+    (tmp_path / "broken.json").write_text("{not json")
+    for argv in (["results", str(tmp_path)], ["results", str(tmp_path), "--all"]):
+        assert main(argv) == 2
+        assert "broken.json is not a valid JSON record" in capsys.readouterr().err
+    (tmp_path / "broken.json").write_text('{"name": "x"}')
+    assert main(["results", str(tmp_path)]) == 2
+    assert "lacks the field(s) ['preset', 'seed']" in capsys.readouterr().err
+
 def test_failure_names_notebook_and_cell(tmp_path):
     nb = _nb(tmp_path / "bad.ipynb", ["y = x + 1", "raise RuntimeError('boom at cell two')"])
     with pytest.raises(NotebookFailed) as e: run_notebook(nb, tmp_path / "out")
