@@ -262,7 +262,7 @@ def dense_setting(
     **overrides, # fields of `DenseSetting` to change
 )->DenseSetting:
     "The dense setting at `preset`."
-    c = choose(preset, ci=dict(n_train=500, n_probe=40, n_test=30, epochs=3, seeds=(seed,)),
+    c = choose(preset, ci=dict(n_train=384, n_probe=30, n_test=30, epochs=3, seeds=(seed,)),
                full=dict(n_train=2000, n_probe=150, n_test=100, epochs=12, seeds=(seed, seed + 1, seed + 2)))
     return replace(DenseSetting(**vars(c)), **overrides).validate()
 
