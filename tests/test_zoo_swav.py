@@ -37,8 +37,9 @@ def _reference(views, P, tau, eps, n_iter, queue=None):
     qs = None if queue is None else (queue / queue.norm(dim=1, keepdim=True)) @ C.T
     total, terms = 0.0, 0
     for i in (0, 1):
-        s = sc[i].detach() if qs is None else torch.cat([sc[i].detach(), qs])
-        q = _plain_sinkhorn(s, eps, n_iter)[: len(views[0])]
+        with torch.no_grad():                             # the codes carry no gradient
+            s = sc[i] if qs is None else torch.cat([sc[i], qs])
+            q = _plain_sinkhorn(s, eps, n_iter)[: len(views[0])]
         for v in range(len(views)):
             if v == i: continue
             logp = sc[v] / tau - torch.logsumexp(sc[v] / tau, 1, keepdim=True)
