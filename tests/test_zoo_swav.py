@@ -59,8 +59,8 @@ def test_against_a_slow_float64_reference(n_crops, with_queue):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-11)
 
 def test_codes_match_lightly_sinkhorn():
+    lightly_loss()                                        # installs the torchvision stand-in first
     from lightly.loss.swav_loss import sinkhorn
-    lightly_loss()
     s = torch.randn(30, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(swav_codes(s, 0.05, 3), sinkhorn(s, iterations=3, epsilon=0.05), rtol=1e-6, atol=1e-9)
 
