@@ -6,7 +6,7 @@ Where Quarto exists, `nbdev-docs` renders the same `_quarto.yml` project instead
 
     python tools/build_docs.py EXECUTED_DIR [--out _docs]
 """
-import argparse, shutil, subprocess, sys, tarfile, tempfile
+import re, argparse, shutil, subprocess, sys, tarfile, tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +42,16 @@ def vendor_katex(site: Path) -> bool:
     print(f"docs: KaTeX served from the site on {n} page(s)")
     return True
 
+def imports_and_other_code(src: str) -> bool:
+    """A cell nbdev would re-execute out of context: not exported, with an import beside other statements (nbdev warns
+    "Found cells containing imports and other code" and runs the whole cell, whose other names the fresh kernel lacks)."""
+    import ast
+    if re.match(r"\s*#\|\s*(export|exports|exporti|eval:)", src): return False
+    try: body = ast.parse("\n".join(l for l in src.splitlines() if not l.lstrip().startswith(("%", "!")))).body
+    except SyntaxError: return False
+    kinds = [isinstance(n, (ast.Import, ast.ImportFrom)) for n in body]
+    return any(kinds) and not all(kinds)
+
 def keep_executed_outputs(stage: Path) -> int:
     """Mark the staged notebooks' explorer and prose-from-the-ledger cells `eval: false` for nbdev, which re-executes cells that
     import something while it processes the docs, in a fresh kernel without the run's state (trained models, sweep tables):
@@ -52,7 +62,7 @@ def keep_executed_outputs(stage: Path) -> int:
     for path in stage.rglob("*.ipynb"):
         nb = nbformat.read(path, as_version=4); hit = False
         for c in nb.cells:
-            if c.cell_type == "code" and _unhashed(c.source):
+            if c.cell_type == "code" and (_unhashed(c.source) or imports_and_other_code(c.source)):
                 c.source = "#| eval: false\n" + c.source; hit = True; n += 1
         if hit: nbformat.write(nb, path)
     return n
@@ -66,7 +76,7 @@ def build(executed: Path, out: Path) -> Path:
         dest = stage / nb.relative_to(executed)
         if dest.exists(): shutil.copy(nb, dest); n += 1
     print(f"docs: {n} executed notebook(s) from {executed}")
-    print(f"docs: {keep_executed_outputs(stage)} explorer and ledger-prose cell(s) kept as executed")
+    print(f"docs: {keep_executed_outputs(stage)} explorer, ledger-prose and import-with-code cell(s) kept as executed")
     bindir = Path(sys.executable).parent
     proc = ROOT / "_proc"
     if proc.exists(): shutil.rmtree(proc)
