@@ -13,6 +13,8 @@ import argparse, json, os, platform, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from timing import time_step
 IMPLS = ["moco", "lightly_memory_bank", "mochi", "mochi_built"]
 LABELS = {"moco": "contrastlab moco_loss (queue InfoNCE)", "lightly_memory_bank": "lightly NTXentLoss(memory_bank_size)",
           "mochi": "contrastlab mochi_loss (logit space)", "mochi_built": "moco_loss + hard_negative_mixing (mixes built)"}
@@ -45,13 +47,7 @@ def make_step(impl, b, d, k_size, tau):
     raise ValueError(impl)
 
 def time_one(impl, b, d, k_size, tau, budget_s):
-    step = make_step(impl, b, d, k_size, tau)
-    t0 = time.perf_counter(); step(); first = time.perf_counter() - t0              # warm-up
-    times = []
-    while len(times) < 15 and (len(times) < 3 or sum(times) < budget_s):
-        t0 = time.perf_counter(); step(); times.append(time.perf_counter() - t0)
-    times.sort()
-    return dict(ms=1000 * times[len(times) // 2], min_ms=1000 * times[0], repeats=len(times), first_ms=1000 * first)
+    return time_step(make_step(impl, b, d, k_size, tau), budget_s)
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
+from timing import time_step
 IMPLS = ("contrastlab", "lightly")
 LABELS = {"contrastlab": "contrastlab swav_loss", "lightly": "lightly SwaVLoss (scores computed the same way)"}
 
@@ -34,14 +35,6 @@ def make_step(impl, b, d, k, tau=0.1, eps=0.05, n_iter=3):
         return step
     raise ValueError(impl)
 
-def time_step(step, budget_s, max_reps=15):
-    t0 = time.perf_counter(); step(); first = time.perf_counter() - t0          # warm-up
-    times = []
-    while len(times) < max_reps and (len(times) < 3 or sum(times) < budget_s) and first * (len(times) + 1) < 4 * budget_s + first:
-        t0 = time.perf_counter(); step(); times.append(time.perf_counter() - t0)
-    times.sort()
-    return dict(ms=1000 * times[len(times) // 2], min_ms=1000 * times[0], repeats=len(times))
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096])
@@ -55,7 +48,7 @@ def main():
     rows = []
     for k in a.prototypes:
         for b in a.sizes:
-            r = {impl: time_step(make_step(impl, b, a.dim, k), a.budget) for impl in IMPLS}
+            r = {impl: time_step(make_step(impl, b, a.dim, k), a.budget, slow_factor=4) for impl in IMPLS}
             row = dict(B=b, K=k, contrastlab_ms=r["contrastlab"]["ms"], lightly_ms=r["lightly"]["ms"],
                        ratio=r["lightly"]["ms"] / r["contrastlab"]["ms"], repeats=dict(contrastlab=r["contrastlab"]["repeats"], lightly=r["lightly"]["repeats"]))
             rows.append(row)
