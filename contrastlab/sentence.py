@@ -50,7 +50,7 @@ def sentence_protocol(
 )->SentenceProtocol:
     "The sentence family's setting at `preset`: τ = 0.05 and batch 64 as SimCSE; ci trains a small transformer from scratch, full fine-tunes MiniLM's top two layers."
     c = choose(preset, ci=dict(n_samples=3000, epochs=3, batch_size=64, seeds=(seed,), lr=1e-3, encoder="tiny", n_pairs=600, n_retrieval=200),
-               full=dict(n_samples=4000, epochs=1, batch_size=64, seeds=(seed, seed + 1, seed + 2), lr=5e-5, encoder="minilm", n_pairs=1000, n_retrieval=500))
+               full=dict(n_samples=2500, epochs=1, batch_size=64, seeds=(seed, seed + 1, seed + 2), lr=5e-5, encoder="minilm", n_pairs=1000, n_retrieval=500))
     return replace(SentenceProtocol(temperature=0.05, weight_decay=0.0, **vars(c)), **overrides).validate()
 
 # %% ../nbs/sentence.ipynb #c013
