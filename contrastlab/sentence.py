@@ -67,7 +67,7 @@ def sentence_data(
     for r in rows:
         for w in set(_WORD.findall(r["definition"].lower())): counts[w] = counts.get(w, 0) + 1
     heads = sorted({r["headword"] for r in rows if _WORD.fullmatch(r["headword"]) and len(r["headword"]) >= 3 and counts.get(r["headword"], 0) >= 20})
-    held = set(rng.choice(heads, size=min(len(heads), 5 * protocol.n_retrieval), replace=False).tolist())
+    held = set(rng.choice(heads, size=min(len(heads), max(2000, 5 * protocol.n_retrieval)), replace=False).tolist())
     entries = [r for r in rows if r["headword"] not in held]
     n_def, n_ex = int(0.6 * protocol.n_samples), int(0.1 * protocol.n_samples)
     defs = [entries[i] for i in rng.choice(len(entries), size=n_def, replace=False)]
