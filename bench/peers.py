@@ -22,4 +22,8 @@ def lightly_loss():
     "The `lightly.loss` module (with the torchvision stand-in)."
     stub_torchvision()
     import lightly.loss
+    # lightly has bound the names it needs; the stand-ins leave `sys.modules` so that later availability checks (Hugging
+    # Face's `find_spec("torchvision")`, in the same test session) see no torchvision instead of a module without a spec
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        if getattr(sys.modules[name], "__spec__", None) is None: del sys.modules[name]
     return lightly.loss
