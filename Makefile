@@ -65,7 +65,7 @@ readme: export
 bench: export peers
 	$(BIN)/python bench/bench_losses.py
 	@if [ -f bench/bench_ot.py ]; then $(BIN)/python bench/bench_ot.py; fi
-	@for b in bench/bench_swav.py bench/bench_mochi.py; do if [ -f $$b ]; then $(BIN)/python $$b || exit 1; fi; done
+	@for b in bench/bench_swav.py bench/bench_mochi.py bench/bench_dse.py; do if [ -f $$b ]; then $(BIN)/python $$b || exit 1; fi; done
 	$(BIN)/python bench/bench_explorers.py
 
 gpu-test: export
