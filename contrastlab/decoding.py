@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from .metrics.geometry import mean_cosine
 from .core import check_int, check_positive, check_fraction, check_tensor, check_choice, generator, get_device
 
 # %% auto #0
@@ -409,14 +410,11 @@ def coherence(
 def isotropy(
     h:torch.Tensor, # token representations of one sequence (L, D) or of several (B, L, D), L ≥ 2
 )->float:
-    "1 − mean pairwise cosine of each sequence's token representations (i ≠ j), averaged over sequences (computed in float64)."
+    "1 − `metrics.geometry.mean_cosine` of each sequence's token representations (distinct pairs, float64), averaged over sequences."
     check_tensor(h, "h", ndim=(2, 3), floating=True, finite=True)
     if h.ndim == 2: h = h[None]
-    B, L, D = h.shape
-    if L < 2: raise ValueError(f"h must hold at least 2 tokens per sequence, got shape {tuple(h.shape)}")
-    z = F.normalize(h.double(), dim=-1); c = z @ z.transpose(1, 2)
-    off = (c.sum((1, 2)) - c.diagonal(dim1=1, dim2=2).sum(1)) / (L * (L - 1))
-    return (1 - off).mean().item()
+    if h.shape[1] < 2: raise ValueError(f"h must hold at least 2 tokens per sequence, got shape {tuple(h.shape)}")
+    return float(np.mean([1 - mean_cosine(seq) for seq in h]))
 
 @torch.no_grad()
 def token_states(

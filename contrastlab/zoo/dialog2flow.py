@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import f1_score
+from ..metrics.geometry import mean_cosine
 from ..core import check_int, check_positive, check_tensor, check_pair, check_labels, check_choice, generator
 from ..losses import contrastive_loss, normalize, loss_module
 from ..registry import Paper, Claim, LossSpec, Example, register_paper, register_loss
@@ -85,15 +87,10 @@ def anisotropy(
     "Intra-action anisotropy (mean same-action cosine), inter-action anisotropy (mean cosine of action centroids) and their difference."
     zn = _unit(z); y = check_labels(torch.as_tensor(labels), "labels", n=zn.shape[0])
     classes = torch.unique(y)
-    intra, cents = [], []
-    for c in classes.tolist():
-        m = zn[y == c]; cents.append(F.normalize(m.mean(0), dim=0))
-        if len(m) >= 2:
-            s = m @ m.T; k = len(m)
-            intra.append(((s.sum() - s.diagonal().sum()) / (k * (k - 1))).item())
+    groups = [zn[y == c] for c in classes.tolist()]
+    intra = [mean_cosine(m) for m in groups if len(m) >= 2]
     if not intra or len(classes) < 2: raise ValueError(f"anisotropy needs ≥ 2 actions and one with ≥ 2 rows, got {len(classes)} action(s) over {len(y)} rows")
-    C = torch.stack(cents); s = C @ C.T; k = len(C)
-    inter = ((s.sum() - s.diagonal().sum()) / (k * (k - 1))).item()
+    inter = mean_cosine(torch.stack([m.mean(0) for m in groups]))       # mean_cosine normalises the centroids
     return dict(intra=float(np.mean(intra)), inter=inter, delta=float(np.mean(intra)) - inter)
 
 # %% ../../nbs/zoo/dialog2flow.ipynb #c030
@@ -101,14 +98,10 @@ def macro_f1(
     y_true, # true class per query (M,)
     y_pred, # predicted class per query (M,)
 )->float:
-    "Macro-averaged F1 over the classes of `y_true`."
+    "Macro-averaged F1 over the classes of `y_true` (scikit-learn's `f1_score`, a class never predicted scoring 0)."
     t, p = np.asarray(y_true), np.asarray(y_pred)
     if t.shape != p.shape or t.ndim != 1 or not len(t): raise ValueError(f"y_true and y_pred must be non-empty 1-D and of the same length, got shapes {t.shape} and {p.shape}")
-    f = []
-    for c in np.unique(t):
-        tp = np.sum((t == c) & (p == c)); fp = np.sum((t != c) & (p == c)); fn = np.sum((t == c) & (p != c))
-        f.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(f))
+    return float(f1_score(t, p, labels=np.unique(t), average="macro", zero_division=0))
 
 # %% ../../nbs/zoo/dialog2flow.ipynb #c031
 def fewshot_f1(
