@@ -21,8 +21,9 @@ def test_views_of_a_tree():
 def test_hand_worked_scores():
     assert math.isclose(tree_multiview_score(INFORM, REQUEST), 4 / 15, rel_tol=1e-15)      # (1 + 1/3 + 1 + 1/3) / 10
     assert math.isclose(tree_multiview_score(BYE_TAXI, BYE_TRAIN), 1 / 9, rel_tol=1e-15)   # (0 + 1/3 + 0) / 3 views present
-    # two slots against one: domain 1, acts 1, slots 1/2, values 0, domain-act 1, act-slot 1/2, others 0
-    assert math.isclose(tree_multiview_score(INFORM, TWO_SLOTS), (1 + 1 + 0.5 + 0 + 1 + 0.5) / 10, rel_tol=1e-15)
+    # two slots against one: domain 1, acts 1, slots 1/2, values 0, domain-act 1, act-slot 1/2, slot-value 0,
+    # domain-act-slot 1/2, act-slot-value 0, domain-act-slot-value 0
+    assert math.isclose(tree_multiview_score(INFORM, TWO_SLOTS), (1 + 1 + 0.5 + 0 + 1 + 0.5 + 0 + 0.5 + 0 + 0) / 10, rel_tol=1e-15)
 
 @pytest.mark.parametrize("a", FRAMES)
 def test_identical_is_one_and_symmetric(a):
