@@ -292,6 +292,13 @@ def _pair_data(pairs, protocol, tokenizer):
         data["tokenizer"] = tokenizer or WordTokenizer([x["query"] for x in pairs] + [x["code"] for x in pairs], max_len=protocol.max_len)
     return data
 
+def _setup(pairs, protocol, seed, tokenizer, device, overrides):
+    "Both trainers' start: checked pairs, the protocol capped at the pairs, seeding, the data dict and the device."
+    if not isinstance(protocol, SentenceProtocol): raise TypeError(f"protocol must be a SentenceProtocol (from sentence_protocol), got {type(protocol).__name__}")
+    pairs = _check_pairs(pairs); p_ = replace(protocol, **({"n_samples": min(protocol.n_samples, len(pairs))} | overrides)).validate()
+    seed_everything(seed)
+    return pairs, p_, _pair_data(pairs, p_, tokenizer), get_device(device)
+
 def train_cocosoda(
     pairs:list, # training pairs (`code_search_pairs`'s dicts)
     protocol:SentenceProtocol, # the budget, the encoder and its max_len (code and query alike)
@@ -309,11 +316,8 @@ def train_cocosoda(
     **overrides, # `SentenceProtocol` fields to change for this run
 ):
     "Train the family's encoder with CoCoSoDa on (query, code) pairs; return `(model, history)` (`history.teacher`, `history.queues`)."
-    if not isinstance(protocol, SentenceProtocol): raise TypeError(f"protocol must be a SentenceProtocol (from sentence_protocol), got {type(protocol).__name__}")
     if not 0 <= momentum <= 1: raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-    pairs = _check_pairs(pairs); p_ = replace(protocol, **({"n_samples": min(protocol.n_samples, len(pairs))} | overrides)).validate()
-    seed_everything(seed); dev = get_device(device)
-    data = _pair_data(pairs, p_, tokenizer)
+    pairs, p_, data, dev = _setup(pairs, protocol, seed, tokenizer, device, overrides)
     model = sentence_encoder(data, p_, dev)
     teacher = EMATeacher(model, momentum)
     queues = None if queue_size is None else cocosoda_queues(model.dim, queue_size, seed, dev)
@@ -334,10 +338,7 @@ def train_code_inbatch(
     **overrides, # `SentenceProtocol` fields to change for this run
 ):
     "Train the family's encoder on (query, code) pairs with symmetric in-batch InfoNCE only, the baseline; return `(model, history)`."
-    if not isinstance(protocol, SentenceProtocol): raise TypeError(f"protocol must be a SentenceProtocol (from sentence_protocol), got {type(protocol).__name__}")
-    pairs = _check_pairs(pairs); p_ = replace(protocol, **({"n_samples": min(protocol.n_samples, len(pairs))} | overrides)).validate()
-    seed_everything(seed); dev = get_device(device)
-    data = _pair_data(pairs, p_, tokenizer)
+    pairs, p_, data, dev = _setup(pairs, protocol, seed, tokenizer, device, overrides)
     return train_sentences(data, p_, seed, inbatch_code_step(pairs, temperature), model=sentence_encoder(data, p_, dev), device=dev, progress=progress)
 
 # %% ../../nbs/zoo/cocosoda.ipynb #c053
@@ -390,7 +391,7 @@ register_paper(Paper(
             Claim("CoCoSoDa's training improves code search over the encoder it starts from (MRR)", "cocosoda_mrr - untrained_mrr",
                   "the paper's premise: +5.9% average MRR over UniXcoder, the encoder it starts from (abstract)", margin=0.0),
             Claim("CoCoSoDa beats BM25 (MRR)", "cocosoda_mrr - bm25_mrr", "not claimed; a lexical reference on this corpus", margin=0.0)),
-    deviations=("the sentence family's encoders and budget instead of UniXcoder for 100k steps at batch 128: a small transformer from scratch (ci) or all-MiniLM-L6-v2 with its top 2 layers fine-tuned (full), about a hundred steps at batch 32",
+    deviations=("the sentence family's encoders and budget instead of UniXcoder for 100k steps at batch 128: a small transformer from scratch (ci) or all-MiniLM-L6-v2 with its top 2 layers fine-tuned (full), about fifty steps at batch 32",
                 "one corpus of (docstring first sentence, function without docstring) pairs from the Python standard library instead of CodeSearchNet's six languages; the candidates are the held-out split's functions (a few hundred) instead of the whole codebase",
                 "queues of 256 (full) and 128 (ci) entries and momentum 0.99 instead of 1024 and 0.999: the queue and the key encoder must turn over within the run",
                 "the logits are cosine / tau with tau = 0.07, without the official code's further factor of 20",
