@@ -49,6 +49,9 @@ def main():
                 print(f"step {step}/{a.steps}  global loss {total.item():.4f}  ({time.time() - t0:.1f}s, {ws} ranks)", flush=True)
             if step >= a.steps: break
         epoch += 1
+    # Shut down in order: every rank past its last collective, DDP's reducer (it holds gloo work objects) freed, then the group.
+    # Without this, gloo's worker threads can still own tensors at interpreter exit and abort the process after training ends.
+    dist.barrier(); del model, opt
     dist.destroy_process_group()
 
 if __name__ == "__main__":

@@ -50,8 +50,11 @@ def test_sizes_must_cover_the_batch():
 
 def test_torchrun_example_trains():
     torchrun = Path(sys.executable).parent / "torchrun"
-    p = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(ROOT / "examples" / "ddp_simclr.py"),
-                        "--steps", "4", "--batch-size", "64"], capture_output=True, text=True, timeout=300, cwd=ROOT,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", str(ROOT / "examples" / "ddp_simclr.py"), "--steps", "4", "--batch-size", "64"]
+    run = lambda: subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    p = run()
+    # One retry, only for gloo's known teardown abort *after* all steps trained (a std::terminate in its worker threads at exit);
+    # any other failure, or the same abort twice, fails the test.
+    if p.returncode != 0 and "step 4/4" in p.stdout and "terminate called without an active exception" in p.stderr: p = run()
     assert p.returncode == 0, p.stderr[-3000:]
     assert "step 4/4" in p.stdout and "2 ranks" in p.stdout
