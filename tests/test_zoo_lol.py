@@ -22,9 +22,10 @@ def prompts():
 
 # ---- the world --------------------------------------------------------------------------------------------------------
 def test_world_is_seeded_and_counts_follow_the_popularity():
-    w, w2 = make_fact_world(60, seed=3), make_fact_world(60, seed=3)
+    w, w2 = make_fact_world(60, max_count=24, decay=1.0, seed=3), make_fact_world(60, max_count=24, decay=1.0, seed=3)
     assert w["entities"] == w2["entities"] and w["facts"] == w2["facts"] and w["counts"] == w2["counts"]
-    assert make_fact_world(60, seed=4)["entities"] != w["entities"]
+    assert make_fact_world(60, max_count=24, decay=1.0, seed=4)["entities"] != w["entities"]
+    assert [make_fact_world(30, seed=0)["counts"][e] for e in make_fact_world(30, seed=0)["entities"]][:6] == [8, 6, 5, 4, 4, 3]   # the defaults
     c = [w["counts"][e] for e in w["entities"]]
     assert c[0] == 24 and c == sorted(c, reverse=True) and min(c) == 1
     assert len(set(w["entities"])) == 60 and not set(w["entities"]) & {v for vs in RELATIONS.values() for v in vs}
@@ -49,6 +50,7 @@ def test_false_text_states_no_true_fact_and_keeps_the_counts():
 def test_prompts_and_their_validation():
     w = make_fact_world(30, seed=0); tok = LMTokenizer(fact_texts(w), vocab_size=150); P = fact_prompts(w, tok)
     assert P["prompts"].shape == (120, 6) and (P["prompts"][:, 0] == tok.eos_id).all()
+    assert [list(RELATIONS)[i] for i in P["relation"][:4].tolist()] == [r for _, r in list(w["facts"])[:4]]
     e, r = next(iter(w["facts"]))
     assert tok.decode(P["prompts"][0]) == f"¶ the {r} of {e} is" and tok.vocab[int(P["truth"][0])] == w["facts"][e, r]
     assert tok.vocab[int(P["popular"][0])] == RELATIONS[r][0] and int(P["counts"][0]) == w["counts"][e]

@@ -25,10 +25,10 @@ RELATIONS = {"colour": ("red", "blue", "green", "black", "white", "yellow", "bro
 _SYLLABLES = tuple(c + v for c in "bdfgklmnprstvz" for v in "aeiou")
 
 def make_fact_world(
-    n_entities:int=400, # invented entities
+    n_entities:int=150, # invented entities
     zipf:float=1.0, # exponent s of the values' prior p_i ∝ 1/i^s (0: uniform)
-    max_count:int=24, # how often the most popular entity's facts appear in training
-    decay:float=1.0, # exponent d of the popularity max(1, round(max_count / rank^d))
+    max_count:int=8, # how often the most popular entity's facts appear in training
+    decay:float=0.5, # exponent d of the popularity max(1, round(max_count / rank^d))
     seed:int=0, # seed of the names, the facts and the popularity order
 )->dict:
     "A world of facts: `entities` (names, most popular first), `facts` {(entity, relation): value}, `counts` {entity: mentions}, the values' `prior`."
@@ -72,7 +72,7 @@ def fact_prompts(
     world:dict, # a world from `make_fact_world`
     tok:LMTokenizer, # a tokenizer that knows every entity and value (built on the world's text)
 )->dict:
-    "`prompts` (F, 6), `truth` (F,) the true value's id, `popular` (F,) the relation's most popular value's id, `counts` (F,) the entity's mentions."
+    "`prompts` (F, 6); per prompt the true value's id `truth`, the relation's popular value's id `popular`, the relation's index in `RELATIONS` `relation`, the entity's mentions `counts`."
     if not isinstance(tok, LMTokenizer): raise TypeError(f"tok must be an LMTokenizer, got {type(tok).__name__}")
     keys = list(world["facts"])
     ids = torch.tensor([[tok.eos_id] + tok.encode(f"the {r} of {e} is") for e, r in keys])
@@ -81,6 +81,7 @@ def fact_prompts(
         raise ValueError("the tokenizer does not know every entity and value of the world: build it on fact_texts(world) with vocab_size above the number of entities + 40")
     return dict(prompts=ids, truth=torch.tensor([tok.index[world["facts"][k]] for k in keys]),
                 popular=torch.tensor([tok.index[RELATIONS[r][0]] for _, r in keys]),
+                relation=torch.tensor([list(RELATIONS).index(r) for _, r in keys]),
                 counts=torch.tensor([world["counts"][e] for e, _ in keys]))
 
 # %% ../../nbs/zoo/lol.ipynb #c022
