@@ -62,7 +62,9 @@ def gallery_violations(source: str, module: str) -> list:
     return bad + [f"{module} imports {t}: a gallery compares zoo papers, not methods" for t in sorted(imports_of(source, module))
                   if (_paper(t) or "").startswith("methods.")]
 
-def _is_gallery(module: str) -> bool: return module.startswith("contrastlab.zoo.") and module.rsplit(".", 1)[1] in FAMILIES
+GALLERIES = (*FAMILIES, "decoding")    # a family's gallery, plus the decoding gallery of the retrieval family (its decoders side by side)
+
+def _is_gallery(module: str) -> bool: return module.startswith("contrastlab.zoo.") and module.rsplit(".", 1)[1] in GALLERIES
 
 def test_no_notebook_breaks_the_rule():
     bad = [f"{f.relative_to(ROOT)}: {v}" for f, mod, src in _notebooks()
@@ -73,6 +75,9 @@ def test_the_gallery_rule():
     assert not gallery_violations("from contrastlab.zoo.dcl import train_dcl\nfrom contrastlab.zoo.swav import train_swav", "contrastlab.zoo.vision")
     assert gallery_violations("from contrastlab.methods.simclr import train_simclr", "contrastlab.zoo.vision")
     assert gallery_violations("#| default_exp zoo.vision", "contrastlab.zoo.vision")
+    assert _is_gallery("contrastlab.zoo.decoding") and not gallery_violations(
+        "from contrastlab.zoo.contrastive_search import contrastive_search\nfrom contrastlab.zoo.lol import contrastive_decode", "contrastlab.zoo.decoding")
+    assert not _is_gallery("contrastlab.zoo.lol")
     assert violations("from contrastlab.zoo.dcl import train_dcl", "contrastlab.zoo.swav"), "a paper is not a gallery"
 
 @pytest.mark.parametrize("module,source", [
