@@ -13,6 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("gpu_bundle", ROOT / "tools" / "gpu_bundle.py")
 gb = importlib.util.module_from_spec(spec); spec.loader.exec_module(gb)
+spec = importlib.util.spec_from_file_location("device_audit", ROOT / "tools" / "device_audit.py")
+da = importlib.util.module_from_spec(spec); spec.loader.exec_module(da)
 spec = importlib.util.spec_from_file_location("gpu_kernel_startup", ROOT / "tools" / "gpu_kernel_startup.py")
 ks = importlib.util.module_from_spec(spec); spec.loader.exec_module(ks)
 
@@ -71,6 +73,23 @@ def test_sync_counter_tallies_sync_warnings_only():
         warnings.warn("something else")
     assert list(counts.values()) == [3] and next(iter(counts)).startswith(__file__)
     assert [str(m) for m in passed] == ["something else"]
+
+
+def test_sync_counter_counts_host_reads_and_nothing_else():
+    import torch
+    x = torch.randn(6, 3)
+    sites, _ = da.count_syncs(lambda: (x @ x.T).softmax(1).sum(0))
+    assert sum(sites.values()) == 0, sites                         # control: pure device work reads nothing back
+    sites, _ = da.count_syncs(lambda: (x.sum().item(), bool((x > 0).any()), x[x > 0], (x > 0).nonzero()))
+    assert sum(sites.values()) == 4, sites
+
+
+def test_device_audit_attributes_the_loss_cores_checks():
+    import torch
+    from contrastlab.losses import info_nce_loss
+    z = torch.randn(8, 4, requires_grad=True)
+    sites, loss = da.count_syncs(lambda: info_nce_loss(z[:4], z[4:]))
+    assert sum(sites.values()) >= 1 and all(s.startswith("contrastlab/") for s in sites), sites
 
 
 def _python312():
