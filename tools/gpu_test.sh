@@ -6,8 +6,8 @@
 # Without a bundle it falls back to the pinned virtual environment (make export; needs a registry).
 #
 # Settings (environment): OUT (default runs/gpu-<stamp>; the device tool sets it), PRESET (full), DEVICE (cuda; "auto"
-# lets the CPU check of tests/test_gpu.py run it without a GPU), NOTEBOOKS (space-separated; default: every notebook,
-# the papers with a CPU ledger entry first, fastest CPU full run first), BUDGET_S (start no notebook after this many
+# lets the CPU check of tests/test_gpu.py run it without a GPU), NOTEBOOKS (space-separated; default: every notebook
+# that takes a `device` parameter, those with a CPU ledger entry first, fastest CPU full run first), BUDGET_S (start no notebook after this many
 # seconds), BUNDLE (_build/gpu-bundle), PYTHON (python3), SITE (.gpu/site).
 #
 # What comes back under $OUT: the executed notebooks, results/, ledger/ (the CUDA entries: never the committed CPU
@@ -63,11 +63,15 @@ if [ -z "${NOTEBOOKS:-}" ]; then
   NOTEBOOKS=$("$PY" - <<'EOF'
 import json
 from pathlib import Path
-from contrastlab.runner import default_notebooks
+import sys
+from contrastlab.runner import default_notebooks, notebook_parameters
 wall = {}
 for p in Path("ledger").glob("*.json"):
     e = json.loads(p.read_text()); wall[str(Path("nbs") / e["notebook"])] = e.get("wall_time_s", 1e9)
-nbs = [str(p.relative_to(Path.cwd())) for p in default_notebooks(Path.cwd() / "nbs")]
+every = [str(p.relative_to(Path.cwd())) for p in default_notebooks(Path.cwd() / "nbs")]
+nbs = [n for n in every if "device" in notebook_parameters(n)]   # the layer pages take no device: they stay CPU pages
+print(f"gpu-test: {len(nbs)} notebooks take a device ({sum(n in wall for n in nbs)} with a CPU ledger entry first, fastest first); "
+      f"{len(every) - len(nbs)} layer pages without one are not run", file=sys.stderr)
 print(" ".join(sorted(nbs, key=lambda n: (n not in wall, wall.get(n, 0), n))))
 EOF
 )
