@@ -242,6 +242,13 @@ def _paper_of(name:str):
     except KeyError: return None
 
 # %% ../nbs/ledger.ipynb #c044
+def _peak_memory(device)->dict:
+    "`peak_gpu_mib`: the most GPU memory torch allocated in this process, for an entry measured on CUDA (nothing otherwise)."
+    import torch
+    dev = torch.device(device or "cpu")
+    if dev.type != "cuda" or not torch.cuda.is_available(): return {}
+    return dict(peak_gpu_mib=round(torch.cuda.max_memory_allocated(dev) / 2**20, 1))
+
 def record(
     name:str, # the entry's name: a registered paper's key, or a notebook name
     per_seed:list[dict], # one dict of scalar metrics per seed (a `seed` key is kept as the seed)
@@ -267,7 +274,7 @@ def record(
                  summary={k: summarize([r[k] for r in rows if k in r]) for k in metrics},
                  claims=evaluate_claims(paper.claims if paper else (), rows, strict=preset == "full"), effects=list(effects),
                  settings=settings or {}, device=device_info(device), versions=package_versions(), **git_commit(),
-                 code=code_hash(nb_path), wall_time_s=round(elapsed(), 1),
+                 code=code_hash(nb_path), wall_time_s=round(elapsed(), 1), **_peak_memory(device),
                  date=datetime.datetime.now().isoformat(timespec="seconds"))
     save_results(name, dict(per_seed=rows, summary=entry["summary"]), preset, entry["seeds"][0],
                  claims=entry["claims"], effects=entry["effects"], notebook=nb, device=entry["device"],

@@ -12,7 +12,7 @@ from .core import elapsed, versions, check_choice, PRESETS
 
 # %% auto #0
 __all__ = ['project_root', 'results_dir', 'save_results', 'results_table', 'NotebookFailed', 'notebook_parameters',
-           'run_notebook', 'default_notebooks', 'run_notebooks', 'main']
+           'run_notebook', 'default_notebooks', 'missing_module', 'run_notebooks', 'main']
 
 # %% ../nbs/runner.ipynb #c005
 def project_root(
@@ -154,8 +154,9 @@ def run_notebook(
     if unknown: raise ValueError(f"{path.name} has no parameter(s) {unknown}; it declares {sorted(declared)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / path.name
-    env_before = {k: os.environ.get(k) for k in ("PLOTLY_RENDERER", "CONTRASTLAB_PLAIN")}
+    env_before = {k: os.environ.get(k) for k in ("PLOTLY_RENDERER", "CONTRASTLAB_PLAIN", "CONTRASTLAB_NOTEBOOK")}
     os.environ["PLOTLY_RENDERER"] = "notebook"; os.environ["CONTRASTLAB_PLAIN"] = "1"
+    os.environ["CONTRASTLAB_NOTEBOOK"] = path.stem   # the kernel knows which notebook it runs (the GPU run's per-notebook device stats)
     try:
         pm.execute_notebook(str(path), str(out), parameters=params, kernel_name=kernel, cwd=str(path.parent),
                             progress_bar=False, log_output=log_output, execution_timeout=timeout,
@@ -177,15 +178,36 @@ def default_notebooks(
     return sorted(p for p in nbs.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts and not p.name.startswith("_"))
 
 # %% ../nbs/runner.ipynb #c022
+def missing_module(
+    failure:NotebookFailed, # a failed notebook
+)->str|None:
+    "The top-level module whose absence stopped the notebook (a `ModuleNotFoundError`), or None."
+    import re
+    if failure.ename != "ModuleNotFoundError": return None
+    m = re.search(r"No module named '([^']+)'", failure.evalue)
+    return m.group(1).split(".")[0] if m else None
+
+def _skippable(env:str|None=None)->dict:
+    "`$CONTRASTLAB_SKIP_MISSING`: `module=reason;module=reason` (or bare module names) a run may lack on purpose."
+    out = {}
+    for item in (env if env is not None else os.environ.get("CONTRASTLAB_SKIP_MISSING", "")).split(";"):
+        name, _, why = item.strip().partition("=")
+        if name: out[name.strip()] = why.strip() or "not installed on this machine"
+    return out
+
 def run_notebooks(
     notebooks=None, # paths (default: every notebook)
     preset:str="ci", # "ci" or "full"
     params:dict | None=None, # parameters, passed to the notebooks that declare them
     out:str | Path | None=None, # output folder (default: runs/<timestamp>)
     keep_going:bool=True, # run the rest after a failure
+    budget_s:float | None=None, # start no notebook after this many seconds (None: no limit)
+    skip_missing:dict | None=None, # module → reason: a notebook stopped by its absence is skipped, not failed (default: `$CONTRASTLAB_SKIP_MISSING`)
 )->tuple[Path,list]:
-    "Run notebooks into `out` (default `runs/<timestamp>`); return the folder and a list of failures."
+    "Run notebooks into `out` (default `runs/<timestamp>`); return the folder and a list of failures. `out/timings.json` records each notebook's status and seconds."
     notebooks = [Path(n) for n in (notebooks or default_notebooks())]
+    if budget_s is not None and not budget_s > 0: raise ValueError(f"budget_s must be a positive number of seconds or None, got {budget_s!r}")
+    skip_missing = _skippable() if skip_missing is None else dict(skip_missing)
     if params and len(notebooks) > 1:   # a parameter no notebook declares is a typo, not a choice
         declared = set().union(*(notebook_parameters(nb) for nb in notebooks))
         unknown = sorted(set(params) - declared)
@@ -193,8 +215,14 @@ def run_notebooks(
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(out or project_root() / "runs" / stamp)
     os.environ["CONTRASTLAB_RESULTS"] = str((out / "results").resolve())
-    failures = []
+    failures, timings, start = [], [], time.time()
+    def _log(nb, status, seconds, reason=""):
+        timings.append(dict(notebook=str(nb), status=status, seconds=round(seconds, 1), reason=reason))
+        out.mkdir(parents=True, exist_ok=True); (out / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
     for nb in notebooks:
+        if budget_s is not None and time.time() - start > budget_s:
+            print(f"--    {nb}  (not started: the {budget_s:g} s budget is spent)", flush=True)
+            _log(nb, "not started", 0.0, f"budget of {budget_s:g} s spent"); continue
         t0 = time.time()
         nb_params = dict(params or {})
         if nb_params:   # only pass parameters a notebook declares when several notebooks run
@@ -203,11 +231,17 @@ def run_notebooks(
         rel = nb.resolve().parent.relative_to(project_root() / "nbs") if (project_root() / "nbs") in nb.resolve().parents else Path()
         try:
             run_notebook(nb, out / rel, preset, nb_params)
-            print(f"ok    {nb}  ({time.time() - t0:.1f}s)", flush=True)
+            print(f"ok    {nb}  ({time.time() - t0:.1f}s)", flush=True); _log(nb, "ok", time.time() - t0)
         except NotebookFailed as e:
+            mod = missing_module(e)
+            if mod in skip_missing:
+                print(f"skip  {nb}  ({time.time() - t0:.1f}s): needs {mod}: {skip_missing[mod]}", flush=True)
+                _log(nb, "skipped", time.time() - t0, f"needs {mod}: {skip_missing[mod]}"); continue
             print(f"FAIL  {nb}  ({time.time() - t0:.1f}s)\n{e}", flush=True); failures.append(e)
+            _log(nb, "failed", time.time() - t0, f"cell {e.cell}: {e.ename}: {e.evalue}")
             if not keep_going: break
     return out, failures
+
 
 # %% ../nbs/runner.ipynb #c025
 def main(
@@ -222,6 +256,7 @@ def main(
     r.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     r.add_argument("--out", default=None, help="output folder (default runs/<timestamp>)")
     r.add_argument("--stop-on-failure", action="store_true")
+    r.add_argument("--budget-s", type=float, default=None, help="start no notebook after this many seconds")
     s = sub.add_parser("results", help="print the claims report of a results folder (--all: every scalar metric)")
     s.add_argument("folder", nargs="?", default=None)
     s.add_argument("--all", action="store_true")
@@ -233,7 +268,8 @@ def main(
         return 0
     params = {k: _coerce(v) for k, v in a.param}
     try:
-        out, failures = run_notebooks(a.notebooks or None, a.preset, params, a.out, keep_going=not a.stop_on_failure)
+        out, failures = run_notebooks(a.notebooks or None, a.preset, params, a.out, keep_going=not a.stop_on_failure,
+                                      budget_s=a.budget_s)
     except (ValueError, FileNotFoundError) as e:
         print(f"contrastlab: error: {e}", file=sys.stderr); return 2
     print(f"\nexecuted notebooks and results: {out}\n")
