@@ -67,7 +67,7 @@ bench: export peers
 	@if [ -f bench/bench_ot.py ]; then $(BIN)/python bench/bench_ot.py; fi
 	@for b in bench/bench_swav.py bench/bench_mochi.py bench/bench_dse.py; do if [ -f $$b ]; then $(BIN)/python $$b || exit 1; fi; done
 	$(BIN)/python bench/bench_explorers.py
-	$(BIN)/python tools/device_audit.py
+	$(BIN)/python tools/device_audit.py --json bench/results/device_audit.json
 
 # The GPU path (README, "GPU tests"): on a CPU machine with a registry, `make gpu-bundle` writes _build/gpu-bundle (the
 # wheels an accelerator machine without a registry lacks, for its Python 3.12); there, `make gpu-test` (or

@@ -14,15 +14,23 @@ from .registry import get_paper, papers
 from .runner import project_root, save_results
 
 # %% auto #0
-__all__ = ['PROSE_MARK', 'EXPLORER_MARK', 'NOT_HASHED', 'DEPENDS', 'VERDICTS', 'ledger_dir', 'notebook_code', 'imported_modules',
-           'code_hash', 'package_versions', 'device_info', 'git_commit', 'summarize', 'metric_values', 'verdict',
-           'evaluate_claims', 'check_effect', 'record', 'read_record', 'load_entry', 'stale_entries', 'figure',
-           'from_ledger', 'ledger_markdown', 'claims_report']
+__all__ = ['PROSE_MARK', 'EXPLORER_MARK', 'NOT_HASHED', 'DEPENDS', 'VERDICTS', 'ledger_dir', 'entry_dir', 'notebook_code',
+           'imported_modules', 'code_hash', 'package_versions', 'device_info', 'git_commit', 'summarize',
+           'metric_values', 'verdict', 'evaluate_claims', 'check_effect', 'record', 'read_record', 'load_entry',
+           'stale_entries', 'device_comparison', 'figure', 'from_ledger', 'ledger_markdown', 'claims_report']
 
 # %% ../nbs/ledger.ipynb #c006
 def ledger_dir()->Path:
     "Where entries are written and read: `$CONTRASTLAB_LEDGER` or `<project root>/ledger`."
     return Path(os.environ.get("CONTRASTLAB_LEDGER") or project_root() / "ledger")
+
+def entry_dir(
+    device=None, # the device the entries were measured on (default: "cpu")
+)->Path:
+    "Where the entries measured on `device` live: `ledger/` for the CPU, `ledger/<type>/` (e.g. `ledger/cuda/`) beside them for another device."
+    import torch
+    kind = torch.device(device or "cpu").type
+    return ledger_dir() if kind == "cpu" else ledger_dir() / kind
 
 # %% ../nbs/ledger.ipynb #c009
 PROSE_MARK = "# from the ledger"   # a leading comment of a code cell that only renders ledger figures into prose
@@ -259,7 +267,7 @@ def record(
     device=None, # the device the numbers were computed on
     **extra, # more fields for the results file (not the ledger)
 )->Path|None:
-    "Write the run's results file and, for the full preset, its ledger entry; return the entry's path (None for ci)."
+    "Write the run's results file and, for the full preset, its ledger entry (in `entry_dir(device)`); return the entry's path (None for ci)."
     check_choice(preset, "preset", PRESETS)
     if not isinstance(per_seed, (list, tuple)) or not per_seed:
         raise ValueError(f"per_seed must be a non-empty list of dicts, one per seed, got {per_seed!r}")
@@ -280,7 +288,7 @@ def record(
                  claims=entry["claims"], effects=entry["effects"], notebook=nb, device=entry["device"],
                  packages=entry["versions"], commit=entry["commit"], code=entry["code"], **extra)
     if preset != "full": return None
-    out = ledger_dir(); out.mkdir(parents=True, exist_ok=True)
+    out = entry_dir(device); out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
     tmp = path.with_suffix(".json.tmp"); tmp.write_text(json.dumps(entry, indent=1, allow_nan=True) + "\n"); os.replace(tmp, path)
     return path
@@ -301,21 +309,40 @@ def read_record(
 
 def load_entry(
     name:str, # an entry's name
+    device=None, # the device it was measured on (default: "cpu"; "cuda" reads `ledger/cuda/`)
 )->dict:
     "The ledger entry `name`, with `stale` set (True when its code hash no longer matches the code)."
-    path = ledger_dir() / f"{name}.json"
+    where = entry_dir(device)
+    path = where / f"{name}.json"
     if not path.exists():
-        have = sorted(p.stem for p in ledger_dir().glob("*.json"))
-        raise FileNotFoundError(f"no ledger entry {name!r} in {ledger_dir().name}/ (it holds {have}); run its notebook with preset full")
-    e = read_record(path, ("notebook", "code", "per_seed"))
+        have = sorted(p.stem for p in where.glob("*.json"))
+        raise FileNotFoundError(f"no ledger entry {name!r} in {where.relative_to(ledger_dir().parent)}/ (it holds {have}); run its notebook with preset full")
+    e = read_record(path, ("notebook", "code", "per_seed", "device"))
     nb = project_root() / "nbs" / e["notebook"]
     e["stale"] = (not nb.exists()) or code_hash(nb)["hash"] != e["code"]["hash"]
     return e
 
 # %% ../nbs/ledger.ipynb #c051
-def stale_entries()->list[str]:
+def stale_entries(
+    device=None, # whose entries (default: "cpu", the ones CI keeps current)
+)->list[str]:
     "Names of the ledger entries whose code has changed since they were measured."
-    return [p.stem for p in sorted(ledger_dir().glob("*.json")) if load_entry(p.stem)["stale"]]
+    return [p.stem for p in sorted(entry_dir(device).glob("*.json")) if load_entry(p.stem, device)["stale"]]
+
+def device_comparison(
+    device="cuda", # the other device
+)->list[dict]:
+    "One row per entry measured on both the CPU and `device`: wall times, the speed-up, peak GPU memory, and staleness."
+    rows = []
+    for p in sorted(entry_dir(device).glob("*.json")):
+        other = load_entry(p.stem, device)
+        try: cpu = load_entry(p.stem)
+        except FileNotFoundError: continue
+        rows.append(dict(name=p.stem, cpu_s=cpu["wall_time_s"], device_s=other["wall_time_s"],
+                         speedup=round(cpu["wall_time_s"] / other["wall_time_s"], 2) if other["wall_time_s"] else float("nan"),
+                         peak_gpu_mib=other.get("peak_gpu_mib"), device_name=other["device"]["name"], cpu_name=cpu["device"]["name"],
+                         stale=cpu["stale"] or other["stale"]))
+    return rows
 
 # %% ../nbs/ledger.ipynb #c054
 _FIELD = re.compile(r"\{([A-Za-z0-9_.]+(?:\s+-\s+[A-Za-z0-9_.]+)?)(?::([^}]*))?\}")

@@ -132,3 +132,20 @@ def test_claims_report_of_a_run(tmp_path, monkeypatch):
            effects=[check_effect("acc > 0.4", lambda m: m > 0.4, 0.5, {"untrained": 0.1})])
     out = claims_report(tmp_path / "results")
     assert "scratch" in out and "effect: acc > 0.4" in out and "untrained" in out
+
+def test_cuda_entries_live_beside_the_cpu_ones(tmp_path, monkeypatch):
+    "An entry measured on CUDA goes to ledger/cuda/, leaves the CPU entry alone, and pairs with it in `device_comparison`."
+    _project(tmp_path, monkeypatch)
+    rows = [dict(seed=0, acc=0.5), dict(seed=1, acc=0.7)]
+    assert record("scratch", rows, "full", notebook="scratch.ipynb") == tmp_path / "ledger" / "scratch.json"
+    assert ledger.device_comparison() == [], "no CUDA entry yet"
+    monkeypatch.setattr(ledger, "device_info", lambda device=None: dict(type="cuda", name="Fake GPU", platform="test"))
+    gpu = record("scratch", [dict(seed=0, acc=0.6), dict(seed=1, acc=0.8)], "full", notebook="scratch.ipynb", device="cuda")
+    assert gpu == tmp_path / "ledger" / "cuda" / "scratch.json"
+    assert load_entry("scratch")["device"]["type"] == "cpu" and load_entry("scratch")["per_seed"][0]["acc"] == 0.5
+    assert load_entry("scratch", "cuda")["device"]["name"] == "Fake GPU"
+    assert stale_entries() == [] and stale_entries("cuda") == []
+    (row,) = ledger.device_comparison()
+    assert row["name"] == "scratch" and row["device_name"] == "Fake GPU" and row["speedup"] > 0 and row["stale"] is False
+    with pytest.raises(FileNotFoundError, match=r"no ledger entry 'other' in ledger/cuda/"):
+        load_entry("other", "cuda")
