@@ -242,7 +242,6 @@ def run_notebooks(
             if not keep_going: break
     return out, failures
 
-
 # %% ../nbs/runner.ipynb #c025
 def main(
     argv=None, # command-line arguments (default: sys.argv)

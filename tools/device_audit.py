@@ -19,18 +19,18 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-ROOT = Path(__file__).resolve().parent.parent
 aten = torch.ops.aten
 SYNC_OPS = {aten._local_scalar_dense.default, aten.nonzero.default, aten.masked_select.default, aten.equal.default,
             aten.is_nonzero.default}
 
 
 def _site()->str:
-    "The innermost frame inside the contrastlab package: `module.py:line`."
+    "The innermost frame inside the contrastlab package: `contrastlab/module.py:line`."
+    import contrastlab
+    pkg = Path(contrastlab.__file__).resolve().parent
     for f in reversed(traceback.extract_stack()):
-        p = Path(f.filename)
-        if "contrastlab" in p.parts and p.name != "device_audit.py":
-            return f"{'/'.join(p.parts[p.parts.index('contrastlab'):])}:{f.lineno}"
+        p = Path(f.filename).resolve()
+        if p.is_relative_to(pkg): return f"contrastlab/{p.relative_to(pkg).as_posix()}:{f.lineno}"
     return "<outside contrastlab>"
 
 

